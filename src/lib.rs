@@ -1,0 +1,14 @@
+//! tcp-integration: a wire-compatible, much faster replacement for ThingsBoard's remote TCP
+//! integration.
+//!
+//! The module tree follows the data path of a reading:
+//! `framing` (bytes → frames) → `convert` (frame → typed, protobuf-encoded records) →
+//! `uplink` (batches → ThingsBoard gRPC session). `config` holds the ThingsBoard and local
+//! settings, `proto` the generated wire types, `edge_sim` the ThingsBoard Edge emulator.
+
+pub mod config;
+pub mod convert;
+pub mod edge_sim;
+pub mod framing;
+pub mod proto;
+pub mod uplink;

@@ -1,0 +1,3 @@
+//! The `tcp-integration` binary: parses the command line and calls into the library.
+
+fn main() {}
