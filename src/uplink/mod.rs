@@ -1,1 +1,4 @@
-//! placeholder
+//! Uplink: encoded records → durable spool → batches → the ThingsBoard gRPC session.
+
+pub mod session;
+pub mod spool;

@@ -1,0 +1,1 @@
+//! placeholder: the gRPC client session to ThingsBoard (Foundation issue).

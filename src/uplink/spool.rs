@@ -1,0 +1,1 @@
+//! placeholder: the durable uplink spool (spool issue).
