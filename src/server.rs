@@ -1,0 +1,179 @@
+//! The running integration: wires the shards and the uplink core together with channels created
+//! once at start-up, and owns their threads.
+//!
+//! `Server::start` returns a handle so tests and the demo run the real server in-process;
+//! `run` is the blocking form the `run` subcommand uses (it stops on SIGINT/SIGTERM).
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::shard::{self, ShardChannels, ShardConfig, ShardSettings};
+use crate::uplink::core::{self, UplinkCoreChannels, UplinkCoreOptions};
+
+/// Records messages (one per connection read) buffered between the shards and the uplink
+/// core per configured record of capacity: a read carries tens of records on average, so the
+/// channel is sized in messages as `shard_channel_records / RECORDS_PER_MESSAGE_GUESS`.
+const RECORDS_PER_MESSAGE_GUESS: usize = 16;
+
+/// How the process is laid out and what each part is given.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub uplink: UplinkCoreOptions,
+    pub shard: ShardSettings,
+    /// Cores for shards, in order; shorter than `nr_shards` (or empty) leaves the rest unpinned.
+    pub shard_cores: Vec<usize>,
+    /// Core for the uplink core thread; `None` leaves it unpinned.
+    pub uplink_core: Option<usize>,
+    pub shard_channel_records: usize,
+    pub downlink_inbox: usize,
+}
+
+/// A started server.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    uplink: Option<JoinHandle<anyhow::Result<()>>>,
+    config: watch::Receiver<ShardConfig>,
+}
+
+impl Server {
+    /// Starts the shards and the uplink core; returns at once.
+    pub fn start(options: ServerOptions) -> anyhow::Result<Server> {
+        let nr_shards = options.shard.nr_shards.max(1);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (config_tx, config_rx) = watch::channel::<ShardConfig>(None);
+        let capacity = (options.shard_channel_records / RECORDS_PER_MESSAGE_GUESS).max(1);
+        let (records_tx, records_rx) = mpsc::channel(capacity);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+
+        let mut shard_downlinks = Vec::with_capacity(nr_shards);
+        let mut shards = Vec::with_capacity(nr_shards);
+        for index in 0..nr_shards {
+            let (downlink_tx, downlink_rx) = mpsc::channel(options.downlink_inbox.max(1));
+            shard_downlinks.push(downlink_tx);
+            let channels = ShardChannels {
+                records: records_tx.clone(),
+                events: events_tx.clone(),
+                config: config_rx.clone(),
+                downlinks: downlink_rx,
+                shutdown: shutdown_rx.clone(),
+            };
+            let mut settings = options.shard.clone();
+            settings.nr_shards = nr_shards;
+            let core = options.shard_cores.get(index).copied();
+            shards.push(shard::spawn(index, core, settings, channels)?);
+        }
+        drop(records_tx);
+        drop(events_tx);
+
+        let uplink_options = options.uplink.clone();
+        let uplink_core = options.uplink_core;
+        let channels = UplinkCoreChannels {
+            records: records_rx,
+            events: events_rx,
+            shard_downlinks,
+            shard_config: config_tx,
+            shutdown: shutdown_rx,
+        };
+        let uplink = std::thread::Builder::new()
+            .name("tcp-integration-uplink".to_owned())
+            .spawn(move || -> anyhow::Result<()> {
+                if let Some(core) = uplink_core {
+                    pin_current_thread(core);
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot build the uplink core's runtime")?;
+                runtime.block_on(core::run(uplink_options, channels))?;
+                Ok(())
+            })
+            .context("cannot start the uplink core thread")?;
+        Ok(Server {
+            shutdown: shutdown_tx,
+            shards,
+            uplink: Some(uplink),
+            config: config_rx,
+        })
+    }
+
+    /// What the shards serve now (`None` until ThingsBoard sent a configuration).
+    pub fn serving(&self) -> ShardConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Waits until the shards serve a configuration, up to `timeout`.
+    pub fn wait_serving(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.config.borrow().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Stops accepting, lets connections finish what they read, drains in-flight batches
+    /// (bounded by the drain timeout) and joins every thread.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for shard in self.shards.drain(..) {
+            if let Err(e) = shard.join() {
+                tracing::error!("shard ended with an error: {e}");
+            }
+        }
+        match self.uplink.take() {
+            Some(uplink) => uplink
+                .join()
+                .map_err(|_| anyhow::anyhow!("the uplink core panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.uplink.is_some() {
+            let _ = self.stop_and_join();
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down cleanly.
+pub fn run(options: ServerOptions) -> anyhow::Result<()> {
+    let server = Server::start(options)?;
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    signals.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        anyhow::Ok(())
+    })?;
+    server.shutdown()
+}
+
+/// Pins the calling thread to `core`; warns and carries on unpinned when that fails.
+pub fn pin_current_thread(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // touch the set we own.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        tracing::warn!(core, "cannot pin thread to core {core}: {}; running unpinned", std::io::Error::last_os_error());
+    }
+}

@@ -1,0 +1,350 @@
+//! A shard's life: its state, the control task that applies configurations and delivers
+//! downlinks, and the acceptor task of its listener.
+//!
+//! Invariants: the converter runtime is only borrowed between awaits (never across one); the
+//! connection registry holds exactly the connections whose tasks are running; a listener change
+//! closes every connection first (ThingsBoard restarts its TCP server the same way).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::FutureExt;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpListener;
+use glommio::task::Task;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use super::{
+    DownlinkCommand, RecordBatch, ServingConfig, ShardChannels, ShardConfig, ShardEvent,
+    ShardSettings, connection,
+};
+use crate::convert::{ConverterConfig, ConverterRuntime};
+use crate::proto::integration::DeviceDownlinkDataProto;
+use crate::events::{
+    ConfigRejected, ConnectionRefused, DownlinkDropReason, DownlinkDropped,
+};
+use crate::metrics::{self, Counter};
+use crate::net::listener::{bind_reuseport, configure_accepted};
+
+/// Bind failures are retried this often (ThingsBoard retries every 5 s).
+const BIND_RETRY: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Commands (downlinks) queued per connection before the shard hands them back for holding.
+pub(super) const CONN_COMMANDS_MAX: usize = 64;
+
+/// Why a shard could not start.
+#[derive(Debug, Error)]
+pub enum ShardRuntimeError {
+    #[error("shard {shard}: cannot create the QuickJS runtime: {detail}")]
+    ScriptRuntime { shard: usize, detail: String },
+}
+
+/// What the control task asks of a connection task.
+#[derive(Debug)]
+pub(super) enum ConnCommand {
+    /// Write these bytes (an encoded downlink with its suffix). The original message travels
+    /// along so that it can be held again if the connection closes before writing.
+    Write {
+        bytes: Bytes,
+        downlink: DeviceDownlinkDataProto,
+    },
+    /// Close the connection (listener change, integration disabled, shutdown).
+    Close,
+}
+
+/// Everything one shard owns.
+pub(super) struct Shard {
+    pub index: usize,
+    pub settings: Rc<ShardSettings>,
+    pub runtime: RefCell<ConverterRuntime>,
+    pub conns: RefCell<HashMap<u64, LocalSender<ConnCommand>>>,
+    pub open_connections: Cell<usize>,
+    next_conn_id: Cell<u64>,
+    pub records: mpsc::Sender<RecordBatch>,
+    pub events: mpsc::UnboundedSender<ShardEvent>,
+}
+
+impl Shard {
+    fn new_conn_id(&self) -> u64 {
+        let id = self.next_conn_id.get();
+        self.next_conn_id.set(id + 1);
+        ((self.index as u64) << 48) | id
+    }
+
+    fn close_all_connections(&self) {
+        for sender in self.conns.borrow().values() {
+            // A full command queue means the task is busy writing; it sees the closed
+            // registry entry soon after. Either way it ends.
+            let _ = sender.try_send(ConnCommand::Close);
+        }
+    }
+}
+
+/// The shard's main task: runs until shutdown.
+pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channels: ShardChannels) {
+    let ShardChannels {
+        records,
+        events,
+        mut config,
+        mut downlinks,
+        mut shutdown,
+    } = channels;
+    let runtime = match ConverterRuntime::new(settings.script_limits.clone()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let err = ShardRuntimeError::ScriptRuntime {
+                shard: index,
+                detail: e.to_string(),
+            };
+            tracing::error!("{err}");
+            return;
+        }
+    };
+    let shard = Rc::new(Shard {
+        index,
+        settings,
+        runtime: RefCell::new(runtime),
+        conns: RefCell::new(HashMap::new()),
+        open_connections: Cell::new(0),
+        next_conn_id: Cell::new(1),
+        records,
+        events,
+    });
+    let mut serving: Option<Arc<ServingConfig>> = None;
+    let mut acceptor: Option<Task<()>> = None;
+    let initial = config.borrow_and_update().clone();
+    apply_config(&shard, &mut serving, &mut acceptor, initial);
+
+    enum Event {
+        Config,
+        Downlink(DownlinkCommand),
+        Stop,
+    }
+    loop {
+        let event = async {
+            match downlinks.recv().await {
+                Some(cmd) => Event::Downlink(cmd),
+                None => Event::Stop,
+            }
+        }
+        .or(async {
+            match config.changed().await {
+                Ok(()) => Event::Config,
+                Err(_) => Event::Stop,
+            }
+        })
+        .or(async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            Event::Stop
+        })
+        .await;
+        match event {
+            Event::Config => {
+                let next = config.borrow_and_update().clone();
+                apply_config(&shard, &mut serving, &mut acceptor, next);
+            }
+            Event::Downlink(cmd) => deliver_downlink(&shard, cmd),
+            Event::Stop => break,
+        }
+    }
+    // Shutdown: stop accepting, then let every connection finish what it has read.
+    drop(acceptor.take());
+    shard.close_all_connections();
+    while shard.open_connections.get() > 0 {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(shard = index, "shard stopped");
+}
+
+fn apply_config(
+    shard: &Rc<Shard>,
+    serving: &mut Option<Arc<ServingConfig>>,
+    acceptor: &mut Option<Task<()>>,
+    next: ShardConfig,
+) {
+    let Some(next) = next else {
+        if serving.take().is_some() {
+            tracing::info!(shard = shard.index, "integration disabled: closing the listener and device connections");
+        }
+        drop(acceptor.take());
+        shard.close_all_connections();
+        return;
+    };
+    let previous = serving.clone();
+    if previous.as_ref().is_none_or(|p| p.uplink_converter != next.uplink_converter) {
+        compile_uplink(shard, &next.uplink_converter);
+    }
+    if previous
+        .as_ref()
+        .is_none_or(|p| p.downlink_converter != next.downlink_converter)
+    {
+        compile_downlink(shard, &next.downlink_converter);
+    }
+    if previous.as_ref().is_none_or(|p| p.metadata != next.metadata) {
+        shard
+            .runtime
+            .borrow_mut()
+            .set_integration_metadata(&next.metadata);
+    }
+    if previous.as_ref().is_none_or(|p| p.needs_rebind(&next)) {
+        drop(acceptor.take());
+        shard.close_all_connections();
+        *acceptor = Some(glommio::spawn_local(accept_loop(shard.clone(), next.clone())));
+    }
+    *serving = Some(next);
+}
+
+fn compile_uplink(shard: &Shard, json: &str) {
+    let result = ConverterConfig::from_json(json)
+        .and_then(|config| shard.runtime.borrow_mut().set_uplink(&config));
+    match result {
+        Ok(()) => tracing::info!(shard = shard.index, "uplink converter compiled"),
+        Err(e) => ConfigRejected {
+            what: "uplink converter",
+            error: &e,
+        }
+        .emit(),
+    }
+}
+
+fn compile_downlink(shard: &Shard, json: &str) {
+    if json.trim().is_empty() {
+        let _ = shard.runtime.borrow_mut().set_downlink(None);
+        return;
+    }
+    let result = ConverterConfig::from_json(json)
+        .and_then(|config| shard.runtime.borrow_mut().set_downlink(Some(&config)));
+    match result {
+        Ok(()) => tracing::info!(shard = shard.index, "downlink converter compiled"),
+        Err(e) => ConfigRejected {
+            what: "downlink converter",
+            error: &e,
+        }
+        .emit(),
+    }
+}
+
+/// Runs the Encoder and queues the bytes on the device's connection, or hands the downlink
+/// back to the uplink core for holding when the connection is gone.
+fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
+    let device = cmd.downlink.device_name.clone();
+    let Some(sender) = shard.conns.borrow().get(&cmd.conn_id).cloned() else {
+        let _ = shard.events.send(ShardEvent::Undelivered {
+            device,
+            downlink: cmd.downlink,
+        });
+        return;
+    };
+    let mut encoded = Vec::new();
+    {
+        let mut runtime = shard.runtime.borrow_mut();
+        if !runtime.has_downlink() {
+            DownlinkDropped {
+                device: &device,
+                reason: DownlinkDropReason::NoConverter,
+                detail: "no downlink converter is configured for this integration",
+            }
+            .emit();
+            return;
+        }
+        let msg = cmd.downlink.tb_msg_proto.clone().unwrap_or_default();
+        if let Err(e) = runtime.encode_downlink(&msg, &mut encoded) {
+            DownlinkDropped {
+                device: &device,
+                reason: DownlinkDropReason::EncodeFailed,
+                detail: &e.to_string(),
+            }
+            .emit();
+            return;
+        }
+    }
+    let suffix = shard.settings.downlink_suffix.bytes();
+    let mut wire = BytesMut::new();
+    for item in &encoded {
+        wire.extend_from_slice(item);
+        wire.extend_from_slice(suffix);
+    }
+    let command = ConnCommand::Write {
+        bytes: wire.freeze(),
+        downlink: cmd.downlink,
+    };
+    if let Err(e) = sender.try_send(command) {
+        metrics::inc(Counter::DownlinksInboxFull);
+        if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write { downlink, .. }))
+        | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(ConnCommand::Write { downlink, .. })) = e
+        {
+            let _ = shard.events.send(ShardEvent::Undelivered { device, downlink });
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, config: Arc<ServingConfig>) {
+    let addr = config.listener.addr;
+    let listener = loop {
+        match bind_reuseport(&config.listener) {
+            // SAFETY: a fresh, listening socket fd whose ownership moves to glommio.
+            Ok(fd) => break unsafe { TcpListener::from_raw_fd(fd) },
+            Err(e) => {
+                tracing::error!(shard = shard.index, %addr, "cannot listen for devices: {e}; retrying in {}s", BIND_RETRY.as_secs());
+                glommio::timer::sleep(BIND_RETRY).await;
+            }
+        }
+    };
+    tracing::info!(
+        shard = shard.index,
+        %addr,
+        backlog = config.listener.backlog,
+        so_rcvbuf_kib = config.listener.rcvbuf_kib,
+        so_sndbuf_kib = config.listener.sndbuf_kib,
+        keepalive = config.listener.keepalive,
+        nodelay = config.listener.nodelay,
+        "listening for devices"
+    );
+    let limit = shard.settings.max_connections;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(shard = shard.index, "accept failed: {e}");
+                glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if shard.open_connections.get() >= limit {
+            ConnectionRefused {
+                peer,
+                shard: shard.index,
+                limit,
+            }
+            .emit();
+            drop(stream);
+            continue;
+        }
+        if let Err(e) = configure_accepted(stream.as_raw_fd(), &config.listener) {
+            tracing::warn!(shard = shard.index, %peer, "cannot set socket options: {e}");
+        }
+        let conn_id = shard.new_conn_id();
+        let (sender, receiver) = local_channel::new_bounded(CONN_COMMANDS_MAX);
+        shard.conns.borrow_mut().insert(conn_id, sender);
+        glommio::spawn_local(connection::serve(
+            shard.clone(),
+            config.clone(),
+            stream,
+            peer,
+            conn_id,
+            receiver,
+        ))
+        .detach();
+    }
+}

@@ -1,0 +1,580 @@
+//! The uplink core: one thread running tokio, between the shards and ThingsBoard.
+//!
+//! It receives converted records from every shard, appends them to the spool, packs them into
+//! `UplinkMsg` batches (a batch is the concatenation of pre-tagged records, so nothing is
+//! decoded or re-encoded here), keeps a window of batches in flight on the gRPC stream, matches
+//! acknowledgements by order (the protocol has no ids), and advances the spool only on
+//! acknowledgement. It owns the ThingsBoard session: configurations it receives become the
+//! shards' [`ShardConfig`], and downlinks are routed to the shard that owns the device's
+//! connection (or held until the device's next uplink).
+//!
+//! Invariants: records leave the spool in order; a record is acknowledged only by the response
+//! to the batch that carried it; after a lost session every unacknowledged record is sent again
+//! (at-least-once; duplicates bounded by the in-flight window).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+
+use super::session::{self, SessionConfig, SessionEvent, SessionHandle};
+use super::spool::{Spool, SpoolError, SpoolOptions};
+use crate::config::integration::{IntegrationConfigError, TcpIntegrationConfig};
+use crate::downlink::routing::{Route, Router};
+use crate::events::{
+    AckTimedOut, BatchRejected, ConfigRejected, DownlinkDropReason, DownlinkDropped,
+};
+use crate::metrics::{self, Counter, Gauge};
+use crate::net::listener::ListenerOptions;
+use crate::proto::integration::{
+    ConverterConfigurationProto, DeviceDownlinkDataProto, IntegrationConfigurationProto,
+};
+use crate::shard::{DownlinkCommand, RecordBatch, ServingConfig, ShardConfig, ShardEvent};
+
+/// How often the core checks timers: interval fsync, held-downlink expiry, ack timeouts, gauges.
+const TICK: Duration = Duration::from_millis(100);
+/// How many queued shard messages are appended to the spool in one go.
+const APPEND_MESSAGES_MAX: usize = 256;
+
+/// Local overrides of ThingsBoard's `clientConfiguration` (flags, env, TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientOverrides {
+    pub bind_address: Option<IpAddr>,
+    pub so_backlog: Option<u32>,
+    pub so_rcvbuf_kib: Option<u32>,
+    pub so_sndbuf_kib: Option<u32>,
+    pub keepalive: Option<bool>,
+    pub nodelay: Option<bool>,
+}
+
+/// Everything the uplink core needs from the local settings.
+#[derive(Debug, Clone)]
+pub struct UplinkCoreOptions {
+    pub session: SessionConfig,
+    pub spool: SpoolOptions,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    pub linger: Duration,
+    pub inflight_batches: usize,
+    pub ack_timeout: Duration,
+    pub overrides: ClientOverrides,
+    pub downlink_hold_max: usize,
+    pub downlink_hold_for: Duration,
+    /// How long shutdown waits for in-flight batches to be acknowledged.
+    pub drain_timeout: Duration,
+}
+
+/// The channel ends the uplink core owns.
+pub struct UplinkCoreChannels {
+    pub records: mpsc::Receiver<RecordBatch>,
+    pub events: mpsc::UnboundedReceiver<ShardEvent>,
+    pub shard_downlinks: Vec<mpsc::Sender<DownlinkCommand>>,
+    pub shard_config: watch::Sender<ShardConfig>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why the uplink core stopped early.
+#[derive(Debug, Error)]
+pub enum UplinkCoreError {
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// Why a configuration from ThingsBoard cannot be served.
+#[derive(Debug, Error)]
+pub enum ServeConfigError {
+    #[error("integration type is {0:?}, this process serves only \"TCP\" integrations")]
+    WrongType(String),
+    #[error("integration configuration: {0}")]
+    Integration(#[from] IntegrationConfigError),
+    #[error("the integration has no uplink converter")]
+    NoUplinkConverter,
+}
+
+/// Builds what the shards serve from ThingsBoard's integration configuration and the local
+/// overrides. `Ok(None)` when the integration is disabled.
+pub fn serving_config(
+    integration: &IntegrationConfigurationProto,
+    overrides: &ClientOverrides,
+) -> Result<ShardConfig, ServeConfigError> {
+    if !integration.r#type.eq_ignore_ascii_case("TCP") {
+        return Err(ServeConfigError::WrongType(integration.r#type.clone()));
+    }
+    if !integration.enabled {
+        return Ok(None);
+    }
+    let tcp = TcpIntegrationConfig::from_json(&integration.configuration)?;
+    let client = &tcp.client;
+    let uplink_converter = integration
+        .uplink_converter
+        .as_ref()
+        .map(|c| c.configuration.clone())
+        .filter(|c| !c.trim().is_empty())
+        .ok_or(ServeConfigError::NoUplinkConverter)?;
+    let downlink_converter = integration
+        .downlink_converter
+        .as_ref()
+        .map(|c| c.configuration.clone())
+        .unwrap_or_default();
+    let mut metadata = Vec::with_capacity(tcp.metadata.len() + 1);
+    metadata.push(("integrationName".to_owned(), integration.name.clone()));
+    metadata.extend(tcp.metadata.iter().cloned());
+    let bind = overrides
+        .bind_address
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    Ok(Some(Arc::new(ServingConfig {
+        listener: ListenerOptions {
+            addr: SocketAddr::new(bind, client.port),
+            backlog: overrides.so_backlog.unwrap_or(client.so_backlog),
+            rcvbuf_kib: overrides.so_rcvbuf_kib.unwrap_or(client.so_rcvbuf_kib),
+            sndbuf_kib: overrides.so_sndbuf_kib.unwrap_or(client.so_sndbuf_kib),
+            keepalive: overrides.keepalive.unwrap_or(client.so_keepalive),
+            nodelay: overrides.nodelay.unwrap_or(client.tcp_nodelay),
+        },
+        framing: client.framing.clone(),
+        metadata,
+        uplink_converter,
+        downlink_converter,
+    })))
+}
+
+/// A batch on the wire, waiting for its acknowledgement.
+struct InFlight {
+    last_seq: u64,
+    records: Vec<Bytes>,
+    sent_at: Instant,
+}
+
+struct Core {
+    options: UplinkCoreOptions,
+    session: SessionHandle,
+    spool: Spool,
+    router: Router<DeviceDownlinkDataProto>,
+    shard_downlinks: Vec<mpsc::Sender<DownlinkCommand>>,
+    shard_config: watch::Sender<ShardConfig>,
+    integration: Option<IntegrationConfigurationProto>,
+    connected: bool,
+    in_flight: VecDeque<InFlight>,
+    in_flight_records: u64,
+    /// Records in the spool not yet sent on the current session.
+    unsent: u64,
+    /// When the oldest unsent record arrived (the linger clock).
+    unsent_since: Option<Instant>,
+    /// Records a full spool (backpressure policy) could not take yet.
+    overflow: Vec<RecordBatch>,
+    read_scratch: Vec<(u64, Bytes)>,
+}
+
+/// Runs the uplink core until shutdown has drained (or timed out).
+pub async fn run(
+    options: UplinkCoreOptions,
+    channels: UplinkCoreChannels,
+) -> Result<(), UplinkCoreError> {
+    let UplinkCoreChannels {
+        mut records,
+        mut events,
+        shard_downlinks,
+        shard_config,
+        mut shutdown,
+    } = channels;
+    let (spool, report) = Spool::open(options.spool.clone())?;
+    tracing::info!(?report, "spool opened");
+    let unsent = spool.stats().pending_records;
+    let (session, mut session_events) = session::spawn(options.session.clone());
+    let mut core = Core {
+        router: Router::new(options.downlink_hold_max, options.downlink_hold_for),
+        options,
+        session,
+        spool,
+        shard_downlinks,
+        shard_config,
+        integration: None,
+        connected: false,
+        in_flight: VecDeque::new(),
+        in_flight_records: 0,
+        unsent,
+        unsent_since: (unsent > 0).then(Instant::now),
+        overflow: Vec::new(),
+        read_scratch: Vec::new(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining_since: Option<Instant> = None;
+    let mut shards_done = false;
+    loop {
+        let linger_deadline = core.linger_deadline();
+        let has_room = core.overflow.is_empty();
+        tokio::select! {
+            biased;
+            event = session_events.recv() => match event {
+                Some(event) => core.on_session_event(event),
+                None => break,
+            },
+            Some(event) = events.recv() => core.on_shard_event(event),
+            batch = records.recv(), if has_room && !shards_done => match batch {
+                Some(first) => {
+                    let mut batches = vec![first];
+                    while batches.len() < APPEND_MESSAGES_MAX {
+                        match records.try_recv() {
+                            Ok(more) => batches.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    core.on_records(batches);
+                }
+                None => shards_done = true,
+            },
+            _ = sleep_until(linger_deadline), if linger_deadline.is_some() => {}
+            _ = tick.tick() => core.on_tick(),
+            _ = shutdown.wait_for(|stop| *stop), if draining_since.is_none() => {
+                tracing::info!(in_flight = core.in_flight.len(), unsent = core.unsent, "shutting down: draining uplinks");
+                draining_since = Some(Instant::now());
+            }
+        }
+        core.pump(draining_since.is_some());
+        if let Some(since) = draining_since {
+            let drained = shards_done && core.in_flight.is_empty() && core.unsent == 0;
+            if drained || since.elapsed() >= core.options.drain_timeout {
+                if !drained {
+                    tracing::warn!(in_flight = core.in_flight.len(), unsent = core.unsent,
+                        "drain deadline passed; unacknowledged records stay in the spool and are sent at the next start");
+                }
+                break;
+            }
+        }
+    }
+    if let Err(e) = core.spool.sync() {
+        tracing::error!("cannot sync the spool at shutdown: {e}");
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+impl Core {
+    fn linger_deadline(&self) -> Option<Instant> {
+        if !self.connected || self.in_flight.len() >= self.options.inflight_batches {
+            return None;
+        }
+        self.unsent_since.map(|since| since + self.options.linger)
+    }
+
+    fn on_session_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Connected(integration) => {
+                metrics::inc(Counter::SessionConnects);
+                metrics::set_gauge(Gauge::SessionConnected, 1);
+                self.connected = true;
+                self.apply_integration(integration);
+                let stats = self.spool.stats();
+                tracing::info!(
+                    pending_records = stats.pending_records,
+                    spool_bytes = stats.bytes_on_disk,
+                    "connected to ThingsBoard; sending from the first unacknowledged record"
+                );
+            }
+            SessionEvent::Rejected { code, error_msg } => {
+                metrics::inc(Counter::SessionRejections);
+                tracing::error!(?code, "ThingsBoard refused the connection: {error_msg}");
+            }
+            SessionEvent::IntegrationUpdate(integration) => self.apply_integration(integration),
+            SessionEvent::ConverterUpdate(converter) => self.apply_converter(converter),
+            SessionEvent::Downlink(downlink) => {
+                metrics::inc(Counter::DownlinksReceived);
+                let device = downlink.device_name.clone();
+                let route = self.router.route(&device, downlink, Instant::now());
+                self.dispatch(&device, route);
+            }
+            SessionEvent::UplinkAck {
+                success,
+                error_msg,
+            } => self.on_ack(success, &error_msg),
+            SessionEvent::Disconnected { reason } => {
+                metrics::inc(Counter::SessionDisconnects);
+                metrics::set_gauge(Gauge::SessionConnected, 0);
+                tracing::warn!(in_flight = self.in_flight.len(), "ThingsBoard session lost: {reason}");
+                self.connected = false;
+                self.rewind();
+            }
+        }
+    }
+
+    /// Forgets what was in flight; it is sent again, in order, on the next session.
+    fn rewind(&mut self) {
+        metrics::add(Counter::BatchesResent, self.in_flight.len() as u64);
+        self.in_flight.clear();
+        self.in_flight_records = 0;
+        self.spool.rewind_to_acked();
+        self.unsent = self.spool.stats().pending_records;
+        self.unsent_since = (self.unsent > 0).then(Instant::now);
+        metrics::set_gauge(Gauge::BatchesInFlight, 0);
+    }
+
+    fn apply_integration(&mut self, integration: IntegrationConfigurationProto) {
+        match serving_config(&integration, &self.options.overrides) {
+            Ok(config) => {
+                if config.is_none() {
+                    tracing::warn!(name = %integration.name, "the integration is disabled in ThingsBoard: not serving devices");
+                }
+                self.shard_config.send_if_modified(|current| {
+                    let changed = *current != config;
+                    *current = config;
+                    changed
+                });
+            }
+            Err(e) => ConfigRejected {
+                what: "integration",
+                error: &e,
+            }
+            .emit(),
+        }
+        self.integration = Some(integration);
+    }
+
+    /// A converter changed: replace it in the integration it belongs to (by converter id,
+    /// like the reference client) and re-serve.
+    fn apply_converter(&mut self, converter: ConverterConfigurationProto) {
+        let Some(mut integration) = self.integration.clone() else {
+            return;
+        };
+        let same_id = |c: &Option<ConverterConfigurationProto>| {
+            c.as_ref().is_some_and(|c| {
+                c.converter_id_msb == converter.converter_id_msb
+                    && c.converter_id_lsb == converter.converter_id_lsb
+            })
+        };
+        if same_id(&integration.uplink_converter) {
+            integration.uplink_converter = Some(converter);
+        } else {
+            integration.downlink_converter = Some(converter);
+        }
+        self.apply_integration(integration);
+    }
+
+    fn on_shard_event(&mut self, event: ShardEvent) {
+        match event {
+            ShardEvent::ConnectionClosed(conn) => self.router.connection_closed(conn),
+            ShardEvent::Undelivered { device, downlink } => {
+                let route = self.router.hold(&device, downlink, Instant::now());
+                self.dispatch(&device, route);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, device: &str, route: Route<DeviceDownlinkDataProto>) {
+        match route {
+            Route::Deliver(conn, downlink) => self.send_to_shard(conn, downlink),
+            Route::Held { dropped } => {
+                metrics::inc(Counter::DownlinksHeld);
+                if dropped.is_some() {
+                    DownlinkDropped {
+                        device,
+                        reason: DownlinkDropReason::HoldLimit,
+                        detail: "too many downlinks held for this device; dropped the oldest",
+                    }
+                    .emit();
+                }
+            }
+        }
+    }
+
+    fn send_to_shard(&mut self, conn: crate::downlink::routing::ConnRef, downlink: DeviceDownlinkDataProto) {
+        let Some(inbox) = self.shard_downlinks.get(conn.shard) else {
+            return;
+        };
+        let command = DownlinkCommand {
+            conn_id: conn.conn_id,
+            downlink,
+        };
+        if let Err(e) = inbox.try_send(command) {
+            metrics::inc(Counter::DownlinksInboxFull);
+            let command = match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            };
+            let device = command.downlink.device_name.clone();
+            if let Route::Held { dropped: Some(_) } =
+                self.router.hold(&device, command.downlink, Instant::now())
+            {
+                DownlinkDropped {
+                    device: &device,
+                    reason: DownlinkDropReason::HoldLimit,
+                    detail: "shard inbox full and hold limit reached",
+                }
+                .emit();
+            }
+        }
+    }
+
+    fn on_records(&mut self, batches: Vec<RecordBatch>) {
+        let mut batches = batches;
+        if !self.overflow.is_empty() {
+            let mut all = std::mem::take(&mut self.overflow);
+            all.append(&mut batches);
+            batches = all;
+        }
+        let slices: Vec<&[u8]> = batches
+            .iter()
+            .flat_map(|b| b.records.iter().map(|r| r.tagged.as_ref()))
+            .collect();
+        match self.spool.append_batch(&slices) {
+            Ok(outcome) => {
+                let appended = slices.len() as u64;
+                metrics::add(Counter::RecordsSpooled, appended);
+                if outcome.dropped_records > 0 {
+                    metrics::add(Counter::RecordsDroppedSpoolFull, outcome.dropped_records);
+                    // Dropped records may have been unsent ones.
+                    self.unsent = self.spool.stats().pending_records.saturating_sub(self.in_flight_records);
+                }
+                if self.unsent == 0 {
+                    self.unsent_since = Some(Instant::now());
+                }
+                self.unsent += appended;
+            }
+            Err(SpoolError::Full { .. }) => {
+                // Backpressure: keep them and stop receiving until acknowledgements make room;
+                // the shards' channel fills and the devices' TCP windows close.
+                self.overflow = batches;
+                return;
+            }
+            Err(e) => {
+                tracing::error!("spool append failed: {e}; keeping the records in memory and retrying");
+                self.overflow = batches;
+                return;
+            }
+        }
+        for batch in batches {
+            for record in &batch.records {
+                for downlink in self.router.saw_uplink(&record.name, batch.conn) {
+                    self.send_to_shard(batch.conn, downlink);
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, success: bool, error_msg: &str) {
+        let Some(batch) = self.in_flight.pop_front() else {
+            tracing::warn!("acknowledgement with nothing in flight; ignored");
+            return;
+        };
+        self.in_flight_records -= batch.records.len() as u64;
+        metrics::set_gauge(Gauge::BatchesInFlight, self.in_flight.len() as i64);
+        if !success {
+            BatchRejected {
+                records: batch.records.len(),
+                error_msg,
+            }
+            .emit();
+            let slices: Vec<&[u8]> = batch.records.iter().map(|r| r.as_ref()).collect();
+            if let Err(e) = self.spool.dead_letter(&slices, error_msg) {
+                tracing::error!("cannot write the dead-letter file: {e}");
+            }
+        }
+        metrics::add(Counter::RecordsAcked, batch.records.len() as u64);
+        if let Err(e) = self.spool.ack_through(batch.last_seq) {
+            tracing::error!("cannot record the acknowledgement in the spool: {e}");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Err(e) = self.spool.tick() {
+            tracing::error!("spool sync failed: {e}");
+        }
+        let now = Instant::now();
+        for (device, _) in self.router.expire(now) {
+            DownlinkDropped {
+                device: &device,
+                reason: DownlinkDropReason::Expired,
+                detail: "held longer than the downlink hold time without an uplink from the device",
+            }
+            .emit();
+        }
+        if let Some(front) = self.in_flight.front() {
+            let waited = now.duration_since(front.sent_at);
+            if waited >= self.options.ack_timeout {
+                AckTimedOut {
+                    records: front.records.len(),
+                    waited_ms: waited.as_millis(),
+                }
+                .emit();
+                // Responses carry no ids: resending on the same stream would misalign them.
+                // Restart the session; everything unacknowledged is resent on the new one.
+                self.session.reconnect();
+                self.connected = false;
+                metrics::set_gauge(Gauge::SessionConnected, 0);
+                self.rewind();
+            }
+        }
+        if !self.overflow.is_empty() {
+            let overflow = std::mem::take(&mut self.overflow);
+            self.on_records(overflow);
+        }
+        let stats = self.spool.stats();
+        metrics::set_gauge(Gauge::SpoolBytes, stats.bytes_on_disk as i64);
+        metrics::set_gauge(Gauge::SpoolPendingRecords, stats.pending_records as i64);
+        metrics::set_gauge(
+            Gauge::SpoolOldestPendingAgeMs,
+            stats.oldest_pending_age.map_or(0, |d| d.as_millis() as i64),
+        );
+        metrics::set_gauge(Gauge::DownlinksHeldNow, self.router.held_count() as i64);
+    }
+
+    /// Sends batches while the window has room and a batch is due (full, lingered, or draining).
+    fn pump(&mut self, draining: bool) {
+        while self.connected
+            && self.unsent > 0
+            && self.in_flight.len() < self.options.inflight_batches
+        {
+            let full = self.unsent >= self.options.batch_max_records as u64;
+            let lingered = self
+                .unsent_since
+                .is_some_and(|since| since.elapsed() >= self.options.linger);
+            if !(full || lingered || draining) {
+                return;
+            }
+            self.read_scratch.clear();
+            if let Err(e) = self.spool.read_next(
+                self.options.batch_max_records,
+                self.options.batch_max_bytes,
+                &mut self.read_scratch,
+            ) {
+                tracing::error!("spool read failed: {e}");
+                return;
+            }
+            let Some(&(last_seq, _)) = self.read_scratch.last() else {
+                self.unsent = 0;
+                self.unsent_since = None;
+                return;
+            };
+            let size: usize = self.read_scratch.iter().map(|(_, r)| r.len()).sum();
+            let mut msg = BytesMut::with_capacity(size);
+            for (_, record) in &self.read_scratch {
+                msg.extend_from_slice(record);
+            }
+            if let Err(e) = self.session.send_uplink(msg.freeze()) {
+                tracing::warn!("cannot send a batch: {e}; waiting for the next session");
+                self.connected = false;
+                self.rewind();
+                return;
+            }
+            let count = self.read_scratch.len() as u64;
+            metrics::inc(Counter::BatchesSent);
+            self.in_flight.push_back(InFlight {
+                last_seq,
+                records: self.read_scratch.drain(..).map(|(_, r)| r).collect(),
+                sent_at: Instant::now(),
+            });
+            self.in_flight_records += count;
+            self.unsent = self.unsent.saturating_sub(count);
+            self.unsent_since = (self.unsent > 0).then(Instant::now);
+            metrics::set_gauge(Gauge::BatchesInFlight, self.in_flight.len() as i64);
+        }
+    }
+}
