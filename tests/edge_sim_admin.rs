@@ -9,7 +9,9 @@ use bytes::Bytes;
 use prost::Message;
 use tcp_integration::edge_sim::{EXAMPLE_TEXT_JSON, EdgeSim, EdgeSimHandle, IntegrationDefinition};
 use tcp_integration::proto::integration::{DeviceUplinkDataProto, UplinkMsg};
-use tcp_integration::proto::transport::{KeyValueProto, KeyValueType, PostTelemetryMsg, TsKvListProto};
+use tcp_integration::proto::transport::{
+    KeyValueProto, KeyValueType, PostTelemetryMsg, TsKvListProto,
+};
 use tcp_integration::uplink::session::{self, SessionConfig, SessionEvent, SessionHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::Receiver;
@@ -44,7 +46,10 @@ async fn connect(sim: &EdgeSimHandle) -> (SessionHandle, Receiver<SessionEvent>)
     );
     cfg.reconnect_base = Duration::from_millis(20);
     let (handle, mut rx) = session::spawn(cfg);
-    assert!(matches!(next_event(&mut rx).await, SessionEvent::Connected(_)));
+    assert!(matches!(
+        next_event(&mut rx).await,
+        SessionEvent::Connected(_)
+    ));
     (handle, rx)
 }
 
@@ -69,8 +74,14 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) ->
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status code");
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
     (status, body)
 }
 
@@ -125,13 +136,22 @@ async fn posted_downlink_arrives_with_the_posted_fields() {
     assert_eq!(meta.len(), 2);
 
     // A string `data` is sent as that string; msgType defaults to ATTRIBUTES_UPDATED.
-    let (status, _) = http(admin, "POST", "/downlink", Some(r#"{"deviceName":"SN-002","data":"raw text"}"#)).await;
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/downlink",
+        Some(r#"{"deviceName":"SN-002","data":"raw text"}"#),
+    )
+    .await;
     assert_eq!(status, 200);
     let SessionEvent::Downlink(d) = next_event(&mut rx).await else {
         panic!("expected a downlink");
     };
     let tb = d.tb_msg_proto.expect("tbMsgProto");
-    assert_eq!((tb.r#type.as_str(), tb.data.as_str()), ("ATTRIBUTES_UPDATED", "raw text"));
+    assert_eq!(
+        (tb.r#type.as_str(), tb.data.as_str()),
+        ("ATTRIBUTES_UPDATED", "raw text")
+    );
     assert_eq!(d.device_type, "default");
     sim.shutdown().await;
 }
@@ -140,12 +160,21 @@ async fn posted_downlink_arrives_with_the_posted_fields() {
 async fn downlink_without_a_session_is_503() {
     let sim = start_sim().await;
     let admin = sim.http_addr().expect("admin API");
-    let (status, body) = http(admin, "POST", "/downlink", Some(r#"{"deviceName":"SN-002","data":{}}"#)).await;
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/downlink",
+        Some(r#"{"deviceName":"SN-002","data":{}}"#),
+    )
+    .await;
     assert_eq!(status, 503);
     assert_eq!(json(&body)["error"], "no integration session is connected");
     let (status, body) = http(admin, "GET", "/health", None).await;
     assert_eq!(status, 200);
-    assert_eq!(json(&body), serde_json::json!({"status":"ok","connected":false,"records":0}));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"status":"ok","connected":false,"records":0})
+    );
     sim.shutdown().await;
 }
 
@@ -158,7 +187,13 @@ async fn put_integration_pushes_integration_and_converter_updates() {
     // 1. Only the uplink decoder changes: one ConverterUpdateMsg, no IntegrationUpdateMsg.
     let mut def = definition();
     def.uplink_converter.configuration["decoder"] = serde_json::json!("return {deviceName: 'x'};");
-    let (status, body) = http(admin, "PUT", "/integration", Some(&serde_json::to_string(&def).expect("json"))).await;
+    let (status, body) = http(
+        admin,
+        "PUT",
+        "/integration",
+        Some(&serde_json::to_string(&def).expect("json")),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         json(&body),
@@ -174,7 +209,13 @@ async fn put_integration_pushes_integration_and_converter_updates() {
     // 2. Port and enabled change: one IntegrationUpdateMsg with the new configuration.
     def.configuration["clientConfiguration"]["port"] = serde_json::json!(10561);
     def.enabled = false;
-    let (status, body) = http(admin, "PUT", "/integration", Some(&serde_json::to_string(&def).expect("json"))).await;
+    let (status, body) = http(
+        admin,
+        "PUT",
+        "/integration",
+        Some(&serde_json::to_string(&def).expect("json")),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["integrationUpdate"], true);
     let SessionEvent::IntegrationUpdate(cfg) = next_event(&mut rx).await else {
@@ -197,7 +238,12 @@ async fn put_integration_pushes_integration_and_converter_updates() {
     )
     .await;
     assert_eq!(status, 400);
-    assert!(json(&body)["error"].as_str().expect("error").contains("`secret`"));
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .expect("error")
+            .contains("`secret`")
+    );
     assert_eq!(sim.definition(), def);
     sim.shutdown().await;
 }
@@ -237,11 +283,18 @@ async fn devices_and_uplinks_report_what_was_received() {
             .encode_to_vec(),
         )
     };
-    handle.send_uplink(uplink(2000, 25.7, Some(69))).expect("connected");
+    handle
+        .send_uplink(uplink(2000, 25.7, Some(69)))
+        .expect("connected");
     // Older timestamp: not the latest value.
-    handle.send_uplink(uplink(1000, 20.0, None)).expect("connected");
+    handle
+        .send_uplink(uplink(1000, 20.0, None))
+        .expect("connected");
     for _ in 0..2 {
-        assert!(matches!(next_event(&mut rx).await, SessionEvent::UplinkAck { success: true, .. }));
+        assert!(matches!(
+            next_event(&mut rx).await,
+            SessionEvent::UplinkAck { success: true, .. }
+        ));
     }
 
     let (status, body) = http(admin, "GET", "/devices/SN-002/telemetry", None).await;
@@ -256,7 +309,10 @@ async fn devices_and_uplinks_report_what_was_received() {
     let (status, body) = http(admin, "GET", "/devices", None).await;
     assert_eq!(status, 200);
     assert_eq!(json(&body)["SN-002"]["type"], "default");
-    assert_eq!(json(&body)["SN-002"]["telemetry"]["temperature"]["value"], 25.7);
+    assert_eq!(
+        json(&body)["SN-002"]["telemetry"]["temperature"]["value"],
+        25.7
+    );
     let (status, _) = http(admin, "GET", "/devices/nope/telemetry", None).await;
     assert_eq!(status, 404);
 
@@ -284,6 +340,9 @@ async fn devices_and_uplinks_report_what_was_received() {
         .collect();
     assert_eq!(all, from_handle);
     let (_, body) = http(admin, "GET", "/health", None).await;
-    assert_eq!(json(&body), serde_json::json!({"status":"ok","connected":true,"records":2}));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"status":"ok","connected":true,"records":2})
+    );
     sim.shutdown().await;
 }

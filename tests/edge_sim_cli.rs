@@ -7,11 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use prost::Message;
 use tcp_integration::edge_sim::IntegrationDefinition;
 use tcp_integration::proto::integration::{DeviceUplinkDataProto, UplinkMsg};
 use tcp_integration::uplink::session::{self, SessionConfig, SessionEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Guard against a hung test; never a performance bound.
 const HANG_GUARD: Duration = Duration::from_secs(20);
@@ -39,7 +39,13 @@ async fn edge_sim_binary_serves_records_and_admin_api() {
     let record = dir.path().join("uplinks.jsonl");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tcp-binary.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tcp-integration"))
-        .args(["edge-sim", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "edge-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .arg("--integration")
         .arg(example)
         .arg("--record")
@@ -117,7 +123,9 @@ async fn edge_sim_binary_serves_records_and_admin_api() {
     assert_eq!(line["name"], "SN-002");
     assert_eq!(line["telemetry"], serde_json::json!([]));
 
-    let mut stream = tokio::net::TcpStream::connect(http).await.expect("admin API");
+    let mut stream = tokio::net::TcpStream::connect(http)
+        .await
+        .expect("admin API");
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await

@@ -55,15 +55,22 @@ async fn next(
 #[tokio::test]
 async fn early_uplink_and_second_connect_get_no_reply() {
     let def = IntegrationDefinition::from_json_str(EXAMPLE_JSON_JSON).expect("example");
-    let sim = EdgeSim::start(def.clone(), "127.0.0.1:0".parse().expect("addr"), None, None)
-        .await
-        .expect("starts");
+    let sim = EdgeSim::start(
+        def.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        None,
+        None,
+    )
+    .await
+    .expect("starts");
     let mut client = IntegrationTransportClient::connect(format!("http://{}", sim.grpc_addr()))
         .await
         .expect("connects");
     let (tx, rx) = mpsc::channel(8);
     tx.send(uplink_req("before-connect")).await.expect("queued");
-    tx.send(connect_req(&def, &def.secret)).await.expect("queued");
+    tx.send(connect_req(&def, &def.secret))
+        .await
+        .expect("queued");
     tx.send(connect_req(&def, "second connect is ignored even if wrong"))
         .await
         .expect("queued");
@@ -102,9 +109,14 @@ async fn early_uplink_and_second_connect_get_no_reply() {
 #[tokio::test]
 async fn refused_connect_ends_the_stream_with_unknown() {
     let def = IntegrationDefinition::from_json_str(EXAMPLE_JSON_JSON).expect("example");
-    let sim = EdgeSim::start(def.clone(), "127.0.0.1:0".parse().expect("addr"), None, None)
-        .await
-        .expect("starts");
+    let sim = EdgeSim::start(
+        def.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        None,
+        None,
+    )
+    .await
+    .expect("starts");
     let mut client = IntegrationTransportClient::connect(format!("http://{}", sim.grpc_addr()))
         .await
         .expect("connects");
@@ -117,7 +129,10 @@ async fn refused_connect_ends_the_stream_with_unknown() {
         .into_inner();
     let first = next(&mut inbound).await.expect("message").expect("ok");
     let connect = first.connect_response_msg.expect("connect response");
-    assert_eq!(connect.response_code, ConnectResponseCode::BadCredentials as i32);
+    assert_eq!(
+        connect.response_code,
+        ConnectResponseCode::BadCredentials as i32
+    );
     assert_eq!(connect.error_msg, "Failed to validate the integration!");
     assert_eq!(connect.configuration, Some(Default::default()));
     let status = next(&mut inbound)

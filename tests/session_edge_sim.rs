@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use tcp_integration::edge_sim::{
-    DownlinkRequest, EdgeSim, EdgeSimHandle, EXAMPLE_TEXT_JSON, IntegrationDefinition, Record,
+    DownlinkRequest, EXAMPLE_TEXT_JSON, EdgeSim, EdgeSimHandle, IntegrationDefinition, Record,
 };
 use tcp_integration::proto::integration::{
     AssetUplinkDataProto, ConnectResponseCode, DeviceUplinkDataProto, UplinkMsg,
@@ -27,9 +27,14 @@ fn definition() -> IntegrationDefinition {
 }
 
 async fn start_sim(record: Option<std::path::PathBuf>) -> EdgeSimHandle {
-    EdgeSim::start(definition(), "127.0.0.1:0".parse().expect("addr"), None, record)
-        .await
-        .expect("edge-sim starts")
+    EdgeSim::start(
+        definition(),
+        "127.0.0.1:0".parse().expect("addr"),
+        None,
+        record,
+    )
+    .await
+    .expect("edge-sim starts")
 }
 
 fn config(addr: SocketAddr, routing_key: &str, secret: &str) -> SessionConfig {
@@ -163,8 +168,15 @@ async fn right_pair_receives_configuration_and_both_converters() {
     assert_eq!(up.name, def.uplink_converter.name);
     let up_cfg: serde_json::Value = serde_json::from_str(&up.configuration).expect("JSON");
     assert_eq!(up_cfg, def.uplink_converter.configuration);
-    assert!(up_cfg["decoder"].as_str().expect("decoder").contains("deviceName"));
-    let down_def = def.downlink_converter.expect("example has a downlink converter");
+    assert!(
+        up_cfg["decoder"]
+            .as_str()
+            .expect("decoder")
+            .contains("deviceName")
+    );
+    let down_def = def
+        .downlink_converter
+        .expect("example has a downlink converter");
     assert_eq!(down.name, down_def.name);
     let down_cfg: serde_json::Value = serde_json::from_str(&down.configuration).expect("JSON");
     assert_eq!(down_cfg, down_def.configuration);

@@ -64,7 +64,10 @@ fn uplink_request_carries_message_type_one_explicitly() {
     };
     let uplink_bytes = uplink.encode_to_vec();
     let mut wire = Vec::new();
-    encode_request(&OutboundRequest::Uplink(Bytes::from(uplink_bytes.clone())), &mut wire);
+    encode_request(
+        &OutboundRequest::Uplink(Bytes::from(uplink_bytes.clone())),
+        &mut wire,
+    );
 
     let mut expected = vec![0x08, 0x01];
     expected.extend(f_bytes(3, &uplink_bytes));
@@ -100,7 +103,9 @@ fn connect_request_is_field_2_with_default_message_type() {
     assert_eq!(wire, f_bytes(2, &inner));
     assert_eq!(
         wire,
-        vec![0x12, 0x09, 0x0A, 0x01, b'k', 0x12, 0x01, b's', 0x1A, 0x01, b'x']
+        vec![
+            0x12, 0x09, 0x0A, 0x01, b'k', 0x12, 0x01, b's', 0x1A, 0x01, b'x'
+        ]
     );
     let decoded = RequestMsg::decode(wire.as_slice()).expect("decodes");
     assert_eq!(decoded.message_type, MessageType::ConnectRpcMessage as i32);
@@ -128,7 +133,10 @@ fn check_tb_msg(tb: &TbMsgProto) {
     assert_eq!(tb.entity_type, "DEVICE");
     assert_eq!((tb.entity_id_msb, tb.entity_id_lsb), (0x1234, 0x5678));
     let meta = tb.meta_data.as_ref().expect("metadata");
-    assert_eq!(meta.data.get("deviceName").map(String::as_str), Some("SN-002"));
+    assert_eq!(
+        meta.data.get("deviceName").map(String::as_str),
+        Some("SN-002")
+    );
     assert_eq!(meta.data.len(), 1);
     assert_eq!(tb.data_type, 0);
     assert_eq!(tb.data, r#"{"firmware":"1.2.3"}"#);
@@ -185,9 +193,15 @@ fn connect_response_fields() {
     );
     let response = ResponseMsg::decode(wire.as_slice()).expect("decodes");
     let connect = response.connect_response_msg.expect("connect response");
-    assert_eq!(connect.response_code, ConnectResponseCode::BadCredentials as i32);
+    assert_eq!(
+        connect.response_code,
+        ConnectResponseCode::BadCredentials as i32
+    );
     assert_eq!(connect.error_msg, "Failed to validate the integration!");
-    assert_eq!(connect.configuration, Some(IntegrationConfigurationProto::default()));
+    assert_eq!(
+        connect.configuration,
+        Some(IntegrationConfigurationProto::default())
+    );
 }
 
 #[test]
@@ -236,7 +250,10 @@ fn integration_configuration_field_numbers() {
             ..Default::default()
         }
     );
-    assert_eq!(got.downlink_converter, Some(ConverterConfigurationProto::default()));
+    assert_eq!(
+        got.downlink_converter,
+        Some(ConverterConfigurationProto::default())
+    );
     assert_eq!(got.name, "TCP integration");
     assert_eq!(got.routing_key, "rk");
     assert_eq!(got.r#type, "TCP");
@@ -244,7 +261,10 @@ fn integration_configuration_field_numbers() {
     assert_eq!(got.additional_info, "{}");
     assert!(got.enabled);
     assert_eq!((got.integration_id_msb, got.integration_id_lsb), (12, -1));
-    assert_eq!(got.debug_settings.as_deref(), Some(r#"{"failuresEnabled":true}"#));
+    assert_eq!(
+        got.debug_settings.as_deref(),
+        Some(r#"{"failuresEnabled":true}"#)
+    );
 
     // ResponseMsg.converterUpdateMsg = 5.
     let wire = f_bytes(5, &f_bytes(1, &converter));
@@ -277,7 +297,11 @@ fn device_and_asset_uplink_field_numbers() {
         f_fixed64(5, 25.7f64.to_bits()),
     ]);
     let kv_long = cat(&[f_bytes(1, b"humidity"), f_varint(2, 1), f_varint(4, 69)]);
-    let kv_json = cat(&[f_bytes(1, b"cfg"), f_varint(2, 4), f_bytes(7, br#"{"a":1}"#)]);
+    let kv_json = cat(&[
+        f_bytes(1, b"cfg"),
+        f_varint(2, 4),
+        f_bytes(7, br#"{"a":1}"#),
+    ]);
     // BOOLEAN_V is type 0, the proto3 default, so the type field is absent on the wire.
     let kv_bool = cat(&[f_bytes(1, b"on"), f_varint(3, 1)]);
     let kv_string = cat(&[f_bytes(1, b"fw"), f_varint(2, 3), f_bytes(6, b"1.0")]);
@@ -287,7 +311,11 @@ fn device_and_asset_uplink_field_numbers() {
         f_bytes(2, &kv_long),
     ]);
     let telemetry = f_bytes(1, &ts_list);
-    let attributes = cat(&[f_bytes(1, &kv_json), f_bytes(1, &kv_bool), f_bytes(1, &kv_string)]);
+    let attributes = cat(&[
+        f_bytes(1, &kv_json),
+        f_bytes(1, &kv_bool),
+        f_bytes(1, &kv_string),
+    ]);
     let device = cat(&[
         f_bytes(1, b"SN-002"),
         f_bytes(2, b"default"),
@@ -297,7 +325,11 @@ fn device_and_asset_uplink_field_numbers() {
         f_bytes(6, &attributes),
         f_bytes(7, b"Label A"),
     ]);
-    let asset = cat(&[f_bytes(1, b"Building 1"), f_bytes(2, b"building"), f_bytes(7, b"B1")]);
+    let asset = cat(&[
+        f_bytes(1, b"Building 1"),
+        f_bytes(2, b"building"),
+        f_bytes(7, b"B1"),
+    ]);
     let uplink = cat(&[f_bytes(2, &device), f_bytes(7, &asset)]);
 
     let msg = UplinkMsg::decode(uplink.as_slice()).expect("decodes");
@@ -323,14 +355,24 @@ fn device_and_asset_uplink_field_numbers() {
             ..Default::default()
         }
     );
-    assert_eq!((tl.kv[1].r#type, tl.kv[1].long_v), (KeyValueType::LongV as i32, 69));
+    assert_eq!(
+        (tl.kv[1].r#type, tl.kv[1].long_v),
+        (KeyValueType::LongV as i32, 69)
+    );
     let attrs = &d.post_attributes_msg.as_ref().expect("attributes").kv;
-    assert_eq!((attrs[0].r#type, attrs[0].json_v.as_str()), (4, r#"{"a":1}"#));
+    assert_eq!(
+        (attrs[0].r#type, attrs[0].json_v.as_str()),
+        (4, r#"{"a":1}"#)
+    );
     assert_eq!((attrs[1].r#type, attrs[1].bool_v), (0, true));
     assert_eq!((attrs[2].r#type, attrs[2].string_v.as_str()), (3, "1.0"));
     let a = &msg.asset_data[0];
     assert_eq!(
-        (a.asset_name.as_str(), a.asset_type.as_str(), a.asset_label.as_str()),
+        (
+            a.asset_name.as_str(),
+            a.asset_type.as_str(),
+            a.asset_label.as_str()
+        ),
         ("Building 1", "building", "B1")
     );
 

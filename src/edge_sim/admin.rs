@@ -131,7 +131,10 @@ pub(crate) fn post_downlink_request(
     Ok(proto)
 }
 
-async fn post_downlink(State(shared): State<Arc<Shared>>, Json(req): Json<DownlinkRequest>) -> Response {
+async fn post_downlink(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<DownlinkRequest>,
+) -> Response {
     match post_downlink_request(&shared, &req) {
         Ok(proto) => {
             let id = proto.tb_msg_proto.map(|m| m.id).unwrap_or_default();
@@ -160,7 +163,10 @@ async fn get_assets(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(entities_json(&shared, EntityKind::Asset))
 }
 
-async fn get_device_telemetry(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+async fn get_device_telemetry(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Response {
     let state = shared.lock();
     match state.entities.get(&(EntityKind::Device, name.clone())) {
         Some(e) => Json(e.telemetry_json()).into_response(),
@@ -168,7 +174,10 @@ async fn get_device_telemetry(State(shared): State<Arc<Shared>>, Path(name): Pat
     }
 }
 
-async fn get_device_attributes(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+async fn get_device_attributes(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Response {
     let state = shared.lock();
     match state.entities.get(&(EntityKind::Device, name.clone())) {
         Some(e) => Json(e.attributes_json()).into_response(),
@@ -186,10 +195,12 @@ struct UplinksQuery {
 async fn get_uplinks(State(shared): State<Arc<Shared>>, Query(q): Query<UplinksQuery>) -> Response {
     let state = shared.lock();
     // seq N lives at index N-1, so records after `after` start at index `after`.
-    let start = usize::try_from(q.after).unwrap_or(usize::MAX).min(state.records.len());
-    let end = q
-        .limit
-        .map_or(state.records.len(), |l| start.saturating_add(l).min(state.records.len()));
+    let start = usize::try_from(q.after)
+        .unwrap_or(usize::MAX)
+        .min(state.records.len());
+    let end = q.limit.map_or(state.records.len(), |l| {
+        start.saturating_add(l).min(state.records.len())
+    });
     Json(&state.records[start..end]).into_response()
 }
 

@@ -80,7 +80,10 @@ pub struct DefinitionChanges {
 }
 
 /// The fixed tenant every emulated entity belongs to.
-pub const TENANT_ID: (i64, i64) = (0x1e_d6_51_3c_5e_7a_11_ee_u64 as i64, 0x8000_0000_0000_0001_u64 as i64);
+pub const TENANT_ID: (i64, i64) = (
+    0x1e_d6_51_3c_5e_7a_11_ee_u64 as i64,
+    0x8000_0000_0000_0001_u64 as i64,
+);
 
 impl IntegrationDefinition {
     /// Parses and validates a definition from JSON text.
@@ -166,7 +169,11 @@ impl IntegrationDefinition {
     /// The update messages that replacing `self` by `new` pushes to a connected integration.
     /// Converter renames count as a new assignment (integration update), content changes of a
     /// converter that kept its name as a `ConverterUpdateMsg`.
-    pub fn changes_to(&self, new: &IntegrationDefinition, integration_id: (i64, i64)) -> DefinitionChanges {
+    pub fn changes_to(
+        &self,
+        new: &IntegrationDefinition,
+        integration_id: (i64, i64),
+    ) -> DefinitionChanges {
         let converter_renamed = self.uplink_converter.name != new.uplink_converter.name
             || self.downlink_converter.as_ref().map(|c| &c.name)
                 != new.downlink_converter.as_ref().map(|c| &c.name);

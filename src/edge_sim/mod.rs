@@ -24,7 +24,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 pub use admin::{DEFAULT_DOWNLINK_MSG_TYPE, DownlinkRequest};
-pub use definition::{ConverterDefinition, DefinitionChanges, DefinitionError, IntegrationDefinition};
+pub use definition::{
+    ConverterDefinition, DefinitionChanges, DefinitionError, IntegrationDefinition,
+};
 pub use record::{EntityKind, KvList, Record, TsEntry, TypedValue};
 pub use service::{BAD_SECRET_MSG, EdgeSimError, UNKNOWN_KEY_MSG_PREFIX};
 
@@ -114,21 +116,22 @@ impl EdgeSim {
                 addr: grpc_addr,
                 source,
             })?;
-        let grpc_local = grpc_listener.local_addr().map_err(|source| EdgeSimError::Bind {
-            what: "gRPC",
-            addr: grpc_addr,
-            source,
-        })?;
+        let grpc_local = grpc_listener
+            .local_addr()
+            .map_err(|source| EdgeSimError::Bind {
+                what: "gRPC",
+                addr: grpc_addr,
+                source,
+            })?;
         let http = match http_addr {
             Some(addr) => {
-                let listener =
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| EdgeSimError::Bind {
-                            what: "HTTP admin",
-                            addr,
-                            source,
-                        })?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| EdgeSimError::Bind {
+                        what: "HTTP admin",
+                        addr,
+                        source,
+                    })?;
                 let local = listener.local_addr().map_err(|source| EdgeSimError::Bind {
                     what: "HTTP admin",
                     addr,
@@ -223,7 +226,10 @@ impl EdgeSimHandle {
     }
 
     /// Sends the downlink `POST /downlink` would send; returns what was sent.
-    pub fn post_downlink(&self, req: &DownlinkRequest) -> Result<DeviceDownlinkDataProto, EdgeSimError> {
+    pub fn post_downlink(
+        &self,
+        req: &DownlinkRequest,
+    ) -> Result<DeviceDownlinkDataProto, EdgeSimError> {
         admin::post_downlink_request(&self.shared, req)
     }
 

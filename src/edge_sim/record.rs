@@ -259,10 +259,7 @@ impl EntityState {
         }
         for entry in &record.telemetry {
             for (key, value) in &entry.values.0 {
-                let newer = self
-                    .telemetry
-                    .get(key)
-                    .is_none_or(|old| old.ts <= entry.ts);
+                let newer = self.telemetry.get(key).is_none_or(|old| old.ts <= entry.ts);
                 if newer {
                     self.telemetry.insert(
                         key.clone(),

@@ -130,12 +130,19 @@ impl Shared {
     }
 
     /// Decides a CONNECT; on ACCEPTED registers the stream as the live session.
-    fn connect(&self, req: &ConnectRequestMsg, tx: &ResponseTx) -> (ConnectResponseMsg, Option<u64>) {
+    fn connect(
+        &self,
+        req: &ConnectRequestMsg,
+        tx: &ResponseTx,
+    ) -> (ConnectResponseMsg, Option<u64>) {
         let mut state = self.lock();
         let def = &state.definition;
         if req.integration_routing_key != def.routing_key {
             return (
-                rejected(format!("{UNKNOWN_KEY_MSG_PREFIX}{}", req.integration_routing_key)),
+                rejected(format!(
+                    "{UNKNOWN_KEY_MSG_PREFIX}{}",
+                    req.integration_routing_key
+                )),
                 None,
             );
         }
@@ -178,7 +185,11 @@ impl Shared {
             record.seq = state.records.len() as u64 + 1;
             let key = (record.entity, record.name.clone());
             let created = !state.entities.contains_key(&key);
-            state.entities.entry(key).or_default().apply(record, created);
+            state
+                .entities
+                .entry(key)
+                .or_default()
+                .apply(record, created);
             if state.record_file.is_some() {
                 lines.push_str(&record.to_json_line());
                 lines.push('\n');
@@ -201,7 +212,10 @@ impl Shared {
     pub(crate) fn send_to_live(&self, msg: ResponseMsg) -> Result<(), EdgeSimError> {
         let state = self.lock();
         match &state.live {
-            Some(live) => live.tx.send(Ok(msg)).map_err(|_| EdgeSimError::NotConnected),
+            Some(live) => live
+                .tx
+                .send(Ok(msg))
+                .map_err(|_| EdgeSimError::NotConnected),
             None => Err(EdgeSimError::NotConnected),
         }
     }

@@ -118,10 +118,15 @@ pub enum SessionEvent {
     /// were sent (contract §8.1).
     Downlink(DeviceDownlinkDataProto),
     /// One per `UplinkResponseMsg`, i.e. per uplink sent on this stream, in send order.
-    UplinkAck { success: bool, error_msg: String },
+    UplinkAck {
+        success: bool,
+        error_msg: String,
+    },
     /// The stream of a `Connected` session ended or failed; unacknowledged uplinks must be
     /// resent after the next `Connected`.
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
 }
 
 /// Errors of [`SessionHandle::send_uplink`]; the caller keeps the uplink and retries it after
@@ -280,7 +285,11 @@ impl SessionHandle {
         if *self.stop.stop.borrow() {
             return Err(SessionError::Shutdown);
         }
-        let guard = self.outbound.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self
+            .outbound
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
             Some(tx) => tx
                 .send(OutboundRequest::Uplink(uplink_msg))
@@ -361,7 +370,10 @@ async fn run_session(
             attempt.saturating_sub(1),
             fastrand::f64(),
         );
-        tracing::debug!(delay_ms = delay.as_millis() as u64, "reconnecting to ThingsBoard");
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to ThingsBoard"
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => break,
@@ -621,8 +633,14 @@ mod tests {
         assert_eq!(reconnect_delay(base, max, 2, 0.5), Duration::from_secs(12));
         assert_eq!(reconnect_delay(base, max, 3, 0.5), Duration::from_secs(20));
         assert_eq!(reconnect_delay(base, max, 40, 0.5), Duration::from_secs(20));
-        assert_eq!(reconnect_delay(base, max, 0, 0.0), Duration::from_millis(2400));
-        assert_eq!(reconnect_delay(base, max, 0, 1.0), Duration::from_millis(3600));
+        assert_eq!(
+            reconnect_delay(base, max, 0, 0.0),
+            Duration::from_millis(2400)
+        );
+        assert_eq!(
+            reconnect_delay(base, max, 0, 1.0),
+            Duration::from_millis(3600)
+        );
     }
 
     #[test]
