@@ -1,0 +1,392 @@
+//! edge-sim's `IntegrationTransport` service and the state it shares with the admin API:
+//! the current definition, the live session, the records and the latest values.
+//!
+//! Server rules (contract §2.2, as ThingsBoard's server behaves):
+//! * the first CONNECT on a stream decides: ACCEPTED with the configuration, or
+//!   BAD_CREDENTIALS with the exact error text, after which the stream ends with an error
+//!   (status UNKNOWN); a second CONNECT is ignored; uplinks before CONNECT are ignored;
+//! * each `UplinkMsg` is answered with one `UplinkResponseMsg{success=true}`, in order (held
+//!   back while acks are paused, then released in order);
+//! * sessions are keyed by the one integration: a newer ACCEPTED stream replaces the older one
+//!   as the target of updates and downlinks; the older stream keeps acknowledging its uplinks.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::definition::{DefinitionChanges, IntegrationDefinition};
+use super::record::{EntityKind, EntityState, Record, records_from_uplink};
+use crate::proto::integration::integration_transport_server::IntegrationTransport;
+use crate::proto::integration::{
+    ConnectRequestMsg, ConnectResponseCode, ConnectResponseMsg, ConverterUpdateMsg,
+    DeviceDownlinkDataProto, DownlinkMsg, IntegrationUpdateMsg, MessageType, RequestMsg,
+    ResponseMsg, UplinkMsg, UplinkResponseMsg,
+};
+
+/// The server's answer when the secret does not match (exact text, contract §2.2).
+pub const BAD_SECRET_MSG: &str = "Failed to validate the integration!";
+
+/// The server's answer prefix when the routing key is unknown; the key follows.
+pub const UNKNOWN_KEY_MSG_PREFIX: &str = "Failed to find the integration! Routing key: ";
+
+/// Records buffered per slow `subscribe()` receiver before it starts missing some.
+const RECORD_BROADCAST_CAPACITY: usize = 4096;
+
+type ResponseTx = mpsc::UnboundedSender<Result<ResponseMsg, Status>>;
+
+/// The newest ACCEPTED stream.
+struct LiveSession {
+    id: u64,
+    tx: ResponseTx,
+}
+
+/// Mutable emulator state behind one lock; every critical section is short and never awaits.
+pub(crate) struct SimState {
+    pub(crate) definition: IntegrationDefinition,
+    pub(crate) integration_id: (i64, i64),
+    live: Option<LiveSession>,
+    next_session_id: u64,
+    pub(crate) records: Vec<Record>,
+    pub(crate) entities: BTreeMap<(EntityKind, String), EntityState>,
+    record_file: Option<File>,
+}
+
+/// Errors the emulator's control surface reports to its caller.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeSimError {
+    #[error("no integration session is connected")]
+    NotConnected,
+    #[error(transparent)]
+    Definition(#[from] super::definition::DefinitionError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open record file {path}: {source}")]
+    RecordFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the gRPC service, the admin API and the handle.
+pub(crate) struct Shared {
+    state: Mutex<SimState>,
+    records_tx: broadcast::Sender<Record>,
+    pub(crate) ack_paused: watch::Sender<bool>,
+    /// Count of ACCEPTED CONNECTs so far.
+    pub(crate) accepted: watch::Sender<u64>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    pub(crate) fn new(definition: IntegrationDefinition, record_file: Option<File>) -> Arc<Shared> {
+        let integration_id = super::definition::integration_id(&definition.routing_key);
+        Arc::new(Shared {
+            state: Mutex::new(SimState {
+                definition,
+                integration_id,
+                live: None,
+                next_session_id: 1,
+                records: Vec::new(),
+                entities: BTreeMap::new(),
+                record_file,
+            }),
+            records_tx: broadcast::channel(RECORD_BROADCAST_CAPACITY).0,
+            ack_paused: watch::channel(false).0,
+            accepted: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
+        // The state stays consistent between statements, so a panic elsewhere must not take
+        // the emulator down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Record> {
+        self.records_tx.subscribe()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.lock().live.as_ref().is_some_and(|s| !s.tx.is_closed())
+    }
+
+    /// Decides a CONNECT; on ACCEPTED registers the stream as the live session.
+    fn connect(
+        &self,
+        req: &ConnectRequestMsg,
+        tx: &ResponseTx,
+    ) -> (ConnectResponseMsg, Option<u64>) {
+        let mut state = self.lock();
+        let def = &state.definition;
+        if req.integration_routing_key != def.routing_key {
+            return (
+                rejected(format!(
+                    "{UNKNOWN_KEY_MSG_PREFIX}{}",
+                    req.integration_routing_key
+                )),
+                None,
+            );
+        }
+        if req.integration_secret != def.secret {
+            return (rejected(BAD_SECRET_MSG.to_owned()), None);
+        }
+        let configuration = def.to_proto(state.integration_id);
+        let id = state.next_session_id;
+        state.next_session_id += 1;
+        state.live = Some(LiveSession { id, tx: tx.clone() });
+        drop(state);
+        self.accepted.send_modify(|n| *n += 1);
+        (
+            ConnectResponseMsg {
+                response_code: ConnectResponseCode::Accepted as i32,
+                error_msg: String::new(),
+                configuration: Some(configuration),
+            },
+            Some(id),
+        )
+    }
+
+    fn session_closed(&self, id: u64) {
+        let mut state = self.lock();
+        if state.live.as_ref().is_some_and(|s| s.id == id) {
+            state.live = None;
+        }
+    }
+
+    /// Numbers, stores, writes and broadcasts the records of one uplink.
+    fn record_uplink(&self, msg: &UplinkMsg) {
+        let recv_ms = now_ms();
+        let mut records = records_from_uplink(msg, recv_ms);
+        if records.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        let mut lines = String::new();
+        for record in &mut records {
+            record.seq = state.records.len() as u64 + 1;
+            let key = (record.entity, record.name.clone());
+            let created = !state.entities.contains_key(&key);
+            state
+                .entities
+                .entry(key)
+                .or_default()
+                .apply(record, created);
+            if state.record_file.is_some() {
+                lines.push_str(&record.to_json_line());
+                lines.push('\n');
+            }
+            state.records.push(record.clone());
+        }
+        if let Some(file) = state.record_file.as_mut()
+            && let Err(e) = file.write_all(lines.as_bytes()).and_then(|()| file.flush())
+        {
+            tracing::error!(error = %e, "cannot append to the record file");
+        }
+        drop(state);
+        for record in records {
+            // No subscriber is fine: records stay available through `records()`.
+            let _ = self.records_tx.send(record);
+        }
+    }
+
+    /// Sends one response to the live session.
+    pub(crate) fn send_to_live(&self, msg: ResponseMsg) -> Result<(), EdgeSimError> {
+        let state = self.lock();
+        match &state.live {
+            Some(live) => live
+                .tx
+                .send(Ok(msg))
+                .map_err(|_| EdgeSimError::NotConnected),
+            None => Err(EdgeSimError::NotConnected),
+        }
+    }
+
+    pub(crate) fn send_downlink(&self, data: DeviceDownlinkDataProto) -> Result<(), EdgeSimError> {
+        self.send_to_live(ResponseMsg {
+            downlink_msg: Some(DownlinkMsg {
+                device_data: Some(data),
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Replaces the definition and pushes the resulting updates to the live session, if any.
+    /// Returns the changes and whether a session received them.
+    pub(crate) fn replace_definition(
+        &self,
+        new: IntegrationDefinition,
+    ) -> Result<(DefinitionChanges, bool), EdgeSimError> {
+        new.validate()?;
+        let mut state = self.lock();
+        let changes = state.definition.changes_to(&new, state.integration_id);
+        state.definition = new;
+        let mut delivered = false;
+        if let Some(live) = &state.live {
+            delivered = true;
+            let mut msgs = Vec::new();
+            if let Some(cfg) = &changes.integration_update {
+                msgs.push(ResponseMsg {
+                    integration_update_msg: Some(IntegrationUpdateMsg {
+                        configuration: Some(cfg.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+            for conv in &changes.converter_updates {
+                msgs.push(ResponseMsg {
+                    converter_update_msg: Some(ConverterUpdateMsg {
+                        configuration: Some(conv.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+            for msg in msgs {
+                delivered &= live.tx.send(Ok(msg)).is_ok();
+            }
+        }
+        Ok((changes, delivered))
+    }
+}
+
+fn rejected(error_msg: String) -> ConnectResponseMsg {
+    ConnectResponseMsg {
+        response_code: ConnectResponseCode::BadCredentials as i32,
+        error_msg,
+        // Present but empty, as the server sends it.
+        configuration: Some(Default::default()),
+    }
+}
+
+fn uplink_ack() -> ResponseMsg {
+    ResponseMsg {
+        uplink_response_msg: Some(UplinkResponseMsg {
+            success: true,
+            error_msg: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The gRPC service object.
+pub(crate) struct TransportService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl IntegrationTransport for TransportService {
+    type handleMsgsStream = UnboundedReceiverStream<Result<ResponseMsg, Status>>;
+
+    async fn handle_msgs(
+        &self,
+        request: Request<Streaming<RequestMsg>>,
+    ) -> Result<Response<Self::handleMsgsStream>, Status> {
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_stream(self.shared.clone(), inbound, tx, peer));
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// Serves one stream until the client ends it, an error occurs, or the emulator shuts down.
+async fn run_stream(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<RequestMsg>,
+    tx: ResponseTx,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut paused = shared.ack_paused.subscribe();
+    let mut session: Option<u64> = None;
+    let mut held_acks: u64 = 0;
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.next() => msg,
+            _ = shutdown.wait_for(|s| *s) => {
+                let _ = tx.send(Err(Status::unavailable("edge-sim is shutting down")));
+                break;
+            }
+            changed = paused.changed(), if held_acks > 0 => {
+                if changed.is_err() { break; }
+                if !*paused.borrow_and_update() {
+                    for _ in 0..held_acks {
+                        let _ = tx.send(Ok(uplink_ack()));
+                    }
+                    held_acks = 0;
+                }
+                continue;
+            }
+        };
+        let req = match msg {
+            Some(Ok(req)) => req,
+            Some(Err(status)) => {
+                tracing::info!(?peer, code = ?status.code(), message = %status.message(), "integration stream failed");
+                break;
+            }
+            None => {
+                tracing::info!(?peer, "integration closed its stream");
+                break;
+            }
+        };
+        if req.message_type == MessageType::ConnectRpcMessage as i32 {
+            if session.is_some() {
+                // A CONNECT on an accepted stream is ignored without a reply.
+                continue;
+            }
+            let Some(connect) = req.connect_request_msg else {
+                continue;
+            };
+            let (response, id) = shared.connect(&connect, &tx);
+            let accepted = id.is_some();
+            let text = response.error_msg.clone();
+            let _ = tx.send(Ok(ResponseMsg {
+                connect_response_msg: Some(response),
+                ..Default::default()
+            }));
+            if accepted {
+                tracing::info!(?peer, service_id = %connect.service_id, "integration connected");
+                session = id;
+            } else {
+                tracing::warn!(?peer, routing_key = %connect.integration_routing_key, %text, "integration CONNECT refused");
+                let _ = tx.send(Err(Status::unknown(text)));
+                break;
+            }
+        } else if req.message_type == MessageType::UplinkRpcMessage as i32 {
+            let (Some(_), Some(uplink)) = (session, req.uplink_msg) else {
+                // Before CONNECT, or without a payload: no processing, no reply.
+                continue;
+            };
+            shared.record_uplink(&uplink);
+            held_acks += 1;
+            if !*paused.borrow_and_update() {
+                // Held acks go first, so acknowledgements stay in request order.
+                for _ in 0..held_acks {
+                    let _ = tx.send(Ok(uplink_ack()));
+                }
+                held_acks = 0;
+            }
+        }
+    }
+    if let Some(id) = session {
+        shared.session_closed(id);
+    }
+}
