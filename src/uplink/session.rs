@@ -251,6 +251,7 @@ pub fn normalize_downlink(mut data: DeviceDownlinkDataProto) -> DeviceDownlinkDa
 pub struct SessionHandle {
     outbound: Arc<OutboundSlot>,
     stop: Arc<StopOnDrop>,
+    reconnect: Arc<tokio::sync::Notify>,
 }
 
 /// The request queue of the live, ACCEPTED stream (none while disconnected).
@@ -308,6 +309,14 @@ impl SessionHandle {
             .is_some_and(|tx| !tx.is_closed())
     }
 
+    /// Drops the current stream (if any) and connects again after the usual delay. Used when
+    /// acknowledgements stop arriving: responses carry no ids, so the only safe resend is on a
+    /// fresh stream. No `Disconnected` event follows; the owner rewinds itself.
+    pub fn reconnect(&self) {
+        self.outbound.set(None);
+        self.reconnect.notify_one();
+    }
+
     /// Ends the session: the stream is half-closed and no reconnect follows.
     pub fn shutdown(&self) {
         let _ = self.stop.stop.send(true);
@@ -322,11 +331,13 @@ pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEve
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_CAPACITY);
     let (stop_tx, stop_rx) = watch::channel(false);
     let outbound = Arc::new(OutboundSlot::default());
+    let reconnect = Arc::new(tokio::sync::Notify::new());
     let handle = SessionHandle {
         outbound: outbound.clone(),
         stop: Arc::new(StopOnDrop { stop: stop_tx }),
+        reconnect: reconnect.clone(),
     };
-    tokio::spawn(run_session(config, outbound, events_tx, stop_rx));
+    tokio::spawn(run_session(config, outbound, events_tx, stop_rx, reconnect));
     (handle, events_rx)
 }
 
@@ -345,6 +356,7 @@ async fn run_session(
     outbound: Arc<OutboundSlot>,
     events: mpsc::Sender<SessionEvent>,
     mut stop: watch::Receiver<bool>,
+    reconnect: Arc<tokio::sync::Notify>,
 ) {
     let mut attempt: u32 = 0;
     loop {
@@ -354,6 +366,10 @@ async fn run_session(
         let end = tokio::select! {
             end = one_stream(&config, &outbound, &events) => end,
             _ = stop.changed() => StreamEnd::Stop,
+            _ = reconnect.notified() => {
+                tracing::warn!(endpoint = %config.endpoint, "restarting the stream at the owner's request");
+                StreamEnd::AfterAccepted
+            }
         };
         outbound.set(None);
         match end {
