@@ -1,3 +1,40 @@
-//! The `tcp-integration` binary: parses the command line and calls into the library.
+//! The `tcp-integration` binary: parses the command line, sets up logging, loads settings and
+//! calls into the library. Nothing here is needed by tests of the library.
 
-fn main() {}
+mod cli;
+
+use anyhow::Context;
+use clap::Parser;
+use tcp_integration::config::local::{DEFAULT_CONFIG_TOML, RunArgs, Settings};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(&args),
+    }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return Ok(());
+    }
+    let settings = Settings::load(args, &|name| std::env::var(name).ok())?;
+    // `log_level` already folds in --log-level, TCPI_LOG_LEVEL and RUST_LOG (in that order) and
+    // was checked to parse.
+    let filter = EnvFilter::builder()
+        .parse(&settings.log_level)
+        .context("log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        endpoint = %settings.rpc.endpoint_uri(),
+        service_id = %settings.rpc.service_id(),
+        "effective settings (secret masked): {settings:?}"
+    );
+    Ok(())
+}
