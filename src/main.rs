@@ -3,6 +3,8 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use tcp_integration::config::local::{DEFAULT_CONFIG_TOML, RunArgs, Settings};
@@ -10,9 +12,17 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let outcome = match Cli::parse().command {
         Command::Run(args) => run(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The message is the interface here (it says what to change); no backtrace.
+            eprintln!("tcp-integration: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
