@@ -86,7 +86,10 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(s.script.timeout, Duration::from_millis(100));
     assert_eq!(s.script.memory_limit_bytes, 64 << 20);
     assert_eq!(s.spool.dir.to_str(), Some("./spool"));
-    assert_eq!(s.spool.fsync, FsyncPolicy::Interval(Duration::from_millis(1000)));
+    assert_eq!(
+        s.spool.fsync,
+        FsyncPolicy::Interval(Duration::from_millis(1000))
+    );
     assert_eq!(s.spool.max_bytes, 1 << 30);
     assert_eq!(s.spool.full_policy, SpoolFullPolicy::Backpressure);
     assert_eq!(s.metrics_listen, None);
@@ -179,15 +182,25 @@ fn thingsboard_environment_variables_are_read() {
     assert_eq!(s.rpc.routing_key, "rk-1");
     assert_eq!(s.rpc.secret.expose(), "s3cr3t-value");
     assert_eq!(s.rpc.endpoint_uri(), "https://edge.example:19090");
-    assert_eq!(s.rpc.ssl_cert.as_deref().and_then(|p| p.to_str()), Some("/etc/ca.pem"));
+    assert_eq!(
+        s.rpc.ssl_cert.as_deref().and_then(|p| p.to_str()),
+        Some("/etc/ca.pem")
+    );
     assert_eq!(s.rpc.service_id(), "[plant-7:8090]");
     assert_eq!(s.rpc.keep_alive, Some(Duration::from_secs(600)));
 }
 
 #[test]
 fn docs_typo_prc_host_is_accepted_and_rpc_host_wins() {
-    assert_eq!(load(&[], &[("PRC_HOST", "typo-host")]).unwrap().rpc.host, "typo-host");
-    let both = load(&[], &[("PRC_HOST", "typo-host"), ("RPC_HOST", "right-host")]).unwrap();
+    assert_eq!(
+        load(&[], &[("PRC_HOST", "typo-host")]).unwrap().rpc.host,
+        "typo-host"
+    );
+    let both = load(
+        &[],
+        &[("PRC_HOST", "typo-host"), ("RPC_HOST", "right-host")],
+    )
+    .unwrap();
     assert_eq!(both.rpc.host, "right-host");
 }
 
@@ -200,7 +213,10 @@ fn empty_environment_variable_counts_as_unset() {
 
 #[test]
 fn log_level_from_tcpi_then_rust_log_then_flag() {
-    assert_eq!(load(&[], &[("RUST_LOG", "debug")]).unwrap().log_level, "debug");
+    assert_eq!(
+        load(&[], &[("RUST_LOG", "debug")]).unwrap().log_level,
+        "debug"
+    );
     let env = [("RUST_LOG", "debug"), ("TCPI_LOG_LEVEL", "warn")];
     assert_eq!(load(&[], &env).unwrap().log_level, "warn");
     assert_eq!(
@@ -212,7 +228,12 @@ fn log_level_from_tcpi_then_rust_log_then_flag() {
 #[test]
 fn rpc_ssl_flag_alone_means_true() {
     assert!(load(&["--rpc-ssl"], &[]).unwrap().rpc.ssl);
-    assert!(!load(&["--rpc-ssl", "false"], &[("RPC_SSL_ENABLED", "true")]).unwrap().rpc.ssl);
+    assert!(
+        !load(&["--rpc-ssl", "false"], &[("RPC_SSL_ENABLED", "true")])
+            .unwrap()
+            .rpc
+            .ssl
+    );
 }
 
 #[test]
@@ -221,7 +242,10 @@ fn unknown_toml_keys_are_refused() {
     let err = load(&["--config", file.path().to_str().unwrap()], &[]).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, SettingsError::Toml { .. }), "{message}");
-    assert!(message.contains("unknown field `batch_max_record`"), "{message}");
+    assert!(
+        message.contains("unknown field `batch_max_record`"),
+        "{message}"
+    );
     assert!(message.contains(file.path().to_str().unwrap()), "{message}");
 
     let file = config_file("[uplinks]\nbatch_max_records = 10\n");
@@ -235,12 +259,17 @@ fn unknown_toml_keys_are_refused() {
 fn unreadable_config_file_is_named() {
     let err = load(&["--config", "/nonexistent/tcpi.toml"], &[]).unwrap_err();
     assert!(matches!(err, SettingsError::Io { .. }));
-    assert!(err.to_string().starts_with("cannot read config file /nonexistent/tcpi.toml"));
+    assert!(
+        err.to_string()
+            .starts_with("cannot read config file /nonexistent/tcpi.toml")
+    );
 }
 
 fn load_no_creds(flags: &[&str], env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-    let vars: HashMap<String, String> =
-        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let vars: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Settings::load(&args(flags), &|name| vars.get(name).cloned())
 }
 
@@ -358,10 +387,12 @@ fn out_of_range_values_name_key_value_and_range() {
         "invalid setting `metrics.listen` (flag --metrics-listen, env TCPI_METRICS_LISTEN): \
          \"9100\"; allowed: IP:PORT (e.g. 127.0.0.1:9100), or empty for no metrics endpoint"
     );
-    assert!(invalid_message(&["--log-level", "info,=[bad"], &[]).starts_with(
-        "invalid setting `log.level` (flag --log-level, env TCPI_LOG_LEVEL or RUST_LOG): \
+    assert!(
+        invalid_message(&["--log-level", "info,=[bad"], &[]).starts_with(
+            "invalid setting `log.level` (flag --log-level, env TCPI_LOG_LEVEL or RUST_LOG): \
          \"info,=[bad\""
-    ));
+        )
+    );
     let file = config_file("[spool]\nmax_bytes = 10\n");
     let err = load(&["--config", file.path().to_str().unwrap()], &[]).unwrap_err();
     assert_eq!(
@@ -386,7 +417,10 @@ fn unparsable_environment_values_name_the_variable() {
          every, interval, never"
     );
     let err = load(&[], &[("RPC_SSL_ENABLED", "maybe")]).unwrap_err();
-    assert!(err.to_string().contains("RPC_SSL_ENABLED = \"maybe\""), "{err}");
+    assert!(
+        err.to_string().contains("RPC_SSL_ENABLED = \"maybe\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -395,7 +429,11 @@ fn shard_cores_set_the_shard_count_and_must_agree_with_nr_shards() {
     assert_eq!(s.shards.shard_cores, Some(vec![0, 1]));
     assert_eq!(s.shards.nr_shards, Some(2));
     assert_eq!(s.shards.uplink_core, Some(2));
-    let s = load(&[], &[("TCPI_SHARD_CORES", "3, 5"), ("TCPI_NR_SHARDS", "2")]).unwrap();
+    let s = load(
+        &[],
+        &[("TCPI_SHARD_CORES", "3, 5"), ("TCPI_NR_SHARDS", "2")],
+    )
+    .unwrap();
     assert_eq!(s.shards.shard_cores, Some(vec![3, 5]));
     assert!(
         invalid_message(&["--shard-cores", "0,1", "--nr-shards", "3"], &[])
@@ -415,14 +453,22 @@ fn shard_cores_set_the_shard_count_and_must_agree_with_nr_shards() {
 #[test]
 fn fsync_modes_and_full_policy() {
     let s = load(
-        &["--spool-fsync", "every", "--spool-full-policy", "drop-oldest"],
+        &[
+            "--spool-fsync",
+            "every",
+            "--spool-full-policy",
+            "drop-oldest",
+        ],
         &[],
     )
     .unwrap();
     assert_eq!(s.spool.fsync, FsyncPolicy::Every);
     assert_eq!(s.spool.full_policy, SpoolFullPolicy::DropOldest);
     let s = load(&[], &[("TCPI_SPOOL_FSYNC_INTERVAL_MS", "250")]).unwrap();
-    assert_eq!(s.spool.fsync, FsyncPolicy::Interval(Duration::from_millis(250)));
+    assert_eq!(
+        s.spool.fsync,
+        FsyncPolicy::Interval(Duration::from_millis(250))
+    );
     let s = load(&["--spool-fsync", "never"], &[]).unwrap();
     assert_eq!(s.spool.fsync, FsyncPolicy::Never);
 }
@@ -443,7 +489,14 @@ fn socket_overrides_replace_only_what_is_set() {
     let none = load(&[], &[]).unwrap();
     assert_eq!(none.socket.apply_to(&client), client);
     let s = load(
-        &["--so-backlog", "4096", "--so-sndbuf-kib", "256", "--keepalive", "true"],
+        &[
+            "--so-backlog",
+            "4096",
+            "--so-sndbuf-kib",
+            "256",
+            "--keepalive",
+            "true",
+        ],
         &[],
     )
     .unwrap();
@@ -479,7 +532,10 @@ fn loading_the_default_toml_changes_nothing() {
 fn default_toml_mentions_every_key_flag_and_env_var() {
     for key in keys::ALL {
         let (section, name) = key.toml.split_once('.').unwrap();
-        assert!(DEFAULT_CONFIG_TOML.contains(&format!("[{section}]")), "{section}");
+        assert!(
+            DEFAULT_CONFIG_TOML.contains(&format!("[{section}]")),
+            "{section}"
+        );
         assert!(
             DEFAULT_CONFIG_TOML.contains(&format!("\n{name} = "))
                 || DEFAULT_CONFIG_TOML.contains(&format!("\n# {name} = ")),
@@ -509,6 +565,76 @@ fn configuration_doc_mentions_every_key_flag_and_env_var() {
         }
         if let Some(flag) = key.flag {
             assert!(doc.contains(&format!("`{flag}")), "{flag}");
+        }
+    }
+}
+
+/// A sample value for every key: (TOML key, text for env and flag, TOML literal).
+const SAMPLES: &[(&str, &str, &str)] = &[
+    ("rpc.host", "edge.example", "\"edge.example\""),
+    ("rpc.port", "19090", "19090"),
+    ("rpc.ssl", "true", "true"),
+    ("rpc.ssl_cert", "/etc/ca.pem", "\"/etc/ca.pem\""),
+    ("rpc.client_id", "plant-7", "\"plant-7\""),
+    ("rpc.service_port", "8090", "8090"),
+    ("rpc.keep_alive_secs", "600", "600"),
+    ("rpc.reconnect_base_ms", "500", "500"),
+    ("rpc.ack_timeout_ms", "2000", "2000"),
+    ("integration.routing_key", "rk-9", "\"rk-9\""),
+    ("integration.secret", "sec-9", "\"sec-9\""),
+    ("shards.nr_shards", "3", "3"),
+    ("shards.shard_cores", "1,2", "[1, 2]"),
+    ("shards.uplink_core", "0", "0"),
+    ("shards.ring_depth", "256", "256"),
+    ("socket.bind_address", "127.0.0.1", "\"127.0.0.1\""),
+    ("socket.so_backlog", "4096", "4096"),
+    ("socket.so_rcvbuf_kib", "256", "256"),
+    ("socket.so_sndbuf_kib", "128", "128"),
+    ("socket.keepalive", "true", "true"),
+    ("socket.nodelay", "false", "false"),
+    ("socket.max_connections", "5000", "5000"),
+    ("socket.idle_timeout_secs", "60", "60"),
+    ("uplink.batch_max_records", "50", "50"),
+    ("uplink.batch_max_bytes", "65536", "65536"),
+    ("uplink.batch_linger_ms", "2", "2"),
+    ("uplink.inflight_batches", "4", "4"),
+    ("uplink.shard_channel_records", "1024", "1024"),
+    ("downlink.inbox", "64", "64"),
+    ("downlink.hold_max", "10", "10"),
+    ("downlink.hold_secs", "60", "60"),
+    ("downlink.suffix", "crlf", "\"crlf\""),
+    ("script.timeout_ms", "50", "50"),
+    ("script.memory_mib", "32", "32"),
+    ("spool.dir", "/var/spool/tcpi", "\"/var/spool/tcpi\""),
+    ("spool.fsync", "every", "\"every\""),
+    ("spool.fsync_interval_ms", "200", "200"),
+    ("spool.max_bytes", "2097152", "2097152"),
+    ("spool.full_policy", "drop-oldest", "\"drop-oldest\""),
+    ("metrics.listen", "127.0.0.1:9100", "\"127.0.0.1:9100\""),
+    ("log.level", "debug", "\"debug\""),
+];
+
+/// Every key's TOML spelling, environment variable(s) and flag set the same field.
+#[test]
+fn toml_env_and_flag_spellings_set_the_same_field() {
+    assert_eq!(SAMPLES.len(), keys::ALL.len());
+    for key in keys::ALL {
+        let (_, text, literal) = SAMPLES
+            .iter()
+            .find(|(toml, _, _)| *toml == key.toml)
+            .unwrap_or_else(|| panic!("no sample for {}", key.toml));
+        let (section, name) = key.toml.split_once('.').unwrap();
+        let from_toml =
+            SettingsFile::from_toml(&format!("[{section}]\n{name} = {literal}\n")).unwrap();
+        assert_ne!(from_toml, SettingsFile::default(), "{}", key.toml);
+        for var in key.env {
+            let from_env =
+                SettingsFile::from_env(&|name| (name == *var).then(|| text.to_string())).unwrap();
+            assert_eq!(from_env, from_toml, "env {var}");
+        }
+        if let Some(flag) = key.flag {
+            let from_flag = SettingsFile::from_args(&args(&[flag, text]));
+            assert_eq!(from_flag, from_toml, "flag {flag}");
         }
     }
 }

@@ -69,70 +69,63 @@ impl fmt::Display for SettingKey {
     }
 }
 
-/// Every setting, in the order of `default.toml`.
+/// Every setting, in the order of `default.toml`: `NAME: toml key, flag, [environment]`.
 pub mod keys {
     use super::SettingKey;
 
-    macro_rules! key {
-        ($name:ident, $toml:literal, $flag:expr, [$($env:literal),*]) => {
-            pub const $name: SettingKey =
-                SettingKey { toml: $toml, flag: $flag, env: &[$($env),*] };
+    /// Declares one `SettingKey` constant per row, and `ALL` listing them.
+    macro_rules! setting_keys {
+        ($($name:ident: $toml:literal, $flag:expr, [$($env:literal),*];)+) => {
+            $(pub const $name: SettingKey =
+                SettingKey { toml: $toml, flag: $flag, env: &[$($env),*] };)+
+            /// Every key, for documentation checks.
+            pub const ALL: &[SettingKey] = &[$($name),+];
         };
     }
 
-    key!(RPC_HOST, "rpc.host", Some("--rpc-host"), ["RPC_HOST", "PRC_HOST"]);
-    key!(RPC_PORT, "rpc.port", Some("--rpc-port"), ["RPC_PORT"]);
-    key!(RPC_SSL, "rpc.ssl", Some("--rpc-ssl"), ["RPC_SSL_ENABLED"]);
-    key!(RPC_SSL_CERT, "rpc.ssl_cert", Some("--rpc-ssl-cert"), ["RPC_SSL_CERT"]);
-    key!(RPC_CLIENT_ID, "rpc.client_id", Some("--client-id"), ["RPC_CLIENT_ID"]);
-    key!(RPC_SERVICE_PORT, "rpc.service_port", None, ["HTTP_BIND_PORT"]);
-    key!(RPC_KEEP_ALIVE_SECS, "rpc.keep_alive_secs", None, ["RPC_KEEP_ALIVE_TIME_SEC"]);
-    key!(RPC_RECONNECT_BASE_MS, "rpc.reconnect_base_ms", Some("--reconnect-base-ms"), ["TCPI_RECONNECT_BASE_MS"]);
-    key!(RPC_ACK_TIMEOUT_MS, "rpc.ack_timeout_ms", Some("--ack-timeout-ms"), ["TCPI_ACK_TIMEOUT_MS"]);
-    key!(ROUTING_KEY, "integration.routing_key", Some("--routing-key"), ["INTEGRATION_ROUTING_KEY"]);
-    key!(SECRET, "integration.secret", Some("--secret"), ["INTEGRATION_SECRET"]);
-    key!(NR_SHARDS, "shards.nr_shards", Some("--nr-shards"), ["TCPI_NR_SHARDS"]);
-    key!(SHARD_CORES, "shards.shard_cores", Some("--shard-cores"), ["TCPI_SHARD_CORES"]);
-    key!(UPLINK_CORE, "shards.uplink_core", Some("--uplink-core"), ["TCPI_UPLINK_CORE"]);
-    key!(RING_DEPTH, "shards.ring_depth", Some("--ring-depth"), ["TCPI_RING_DEPTH"]);
-    key!(BIND_ADDRESS, "socket.bind_address", Some("--bind-address"), ["TCPI_BIND_ADDRESS"]);
-    key!(SO_BACKLOG, "socket.so_backlog", Some("--so-backlog"), ["TCPI_SO_BACKLOG"]);
-    key!(SO_RCVBUF_KIB, "socket.so_rcvbuf_kib", Some("--so-rcvbuf-kib"), ["TCPI_SO_RCVBUF_KIB"]);
-    key!(SO_SNDBUF_KIB, "socket.so_sndbuf_kib", Some("--so-sndbuf-kib"), ["TCPI_SO_SNDBUF_KIB"]);
-    key!(KEEPALIVE, "socket.keepalive", Some("--keepalive"), ["TCPI_KEEPALIVE"]);
-    key!(NODELAY, "socket.nodelay", Some("--nodelay"), ["TCPI_NODELAY"]);
-    key!(MAX_CONNECTIONS, "socket.max_connections", Some("--max-connections"), ["TCPI_MAX_CONNECTIONS"]);
-    key!(IDLE_TIMEOUT_SECS, "socket.idle_timeout_secs", Some("--idle-timeout-secs"), ["TCPI_IDLE_TIMEOUT_SECS"]);
-    key!(BATCH_MAX_RECORDS, "uplink.batch_max_records", Some("--batch-max-records"), ["TCPI_BATCH_MAX_RECORDS"]);
-    key!(BATCH_MAX_BYTES, "uplink.batch_max_bytes", Some("--batch-max-bytes"), ["TCPI_BATCH_MAX_BYTES"]);
-    key!(BATCH_LINGER_MS, "uplink.batch_linger_ms", Some("--batch-linger-ms"), ["TCPI_BATCH_LINGER_MS"]);
-    key!(INFLIGHT_BATCHES, "uplink.inflight_batches", Some("--inflight-batches"), ["TCPI_INFLIGHT_BATCHES"]);
-    key!(SHARD_CHANNEL_RECORDS, "uplink.shard_channel_records", Some("--shard-channel-records"), ["TCPI_SHARD_CHANNEL_RECORDS"]);
-    key!(DOWNLINK_INBOX, "downlink.inbox", Some("--downlink-inbox"), ["TCPI_DOWNLINK_INBOX"]);
-    key!(DOWNLINK_HOLD_MAX, "downlink.hold_max", Some("--downlink-hold-max"), ["TCPI_DOWNLINK_HOLD_MAX"]);
-    key!(DOWNLINK_HOLD_SECS, "downlink.hold_secs", Some("--downlink-hold-secs"), ["TCPI_DOWNLINK_HOLD_SECS"]);
-    key!(DOWNLINK_SUFFIX, "downlink.suffix", Some("--downlink-suffix"), ["TCPI_DOWNLINK_SUFFIX"]);
-    key!(SCRIPT_TIMEOUT_MS, "script.timeout_ms", Some("--script-timeout-ms"), ["TCPI_SCRIPT_TIMEOUT_MS"]);
-    key!(SCRIPT_MEMORY_MIB, "script.memory_mib", Some("--script-memory-mib"), ["TCPI_SCRIPT_MEMORY_MIB"]);
-    key!(SPOOL_DIR, "spool.dir", Some("--spool-dir"), ["TCPI_SPOOL_DIR"]);
-    key!(SPOOL_FSYNC, "spool.fsync", Some("--spool-fsync"), ["TCPI_SPOOL_FSYNC"]);
-    key!(SPOOL_FSYNC_INTERVAL_MS, "spool.fsync_interval_ms", Some("--spool-fsync-interval-ms"), ["TCPI_SPOOL_FSYNC_INTERVAL_MS"]);
-    key!(SPOOL_MAX_BYTES, "spool.max_bytes", Some("--spool-max-bytes"), ["TCPI_SPOOL_MAX_BYTES"]);
-    key!(SPOOL_FULL_POLICY, "spool.full_policy", Some("--spool-full-policy"), ["TCPI_SPOOL_FULL_POLICY"]);
-    key!(METRICS_LISTEN, "metrics.listen", Some("--metrics-listen"), ["TCPI_METRICS_LISTEN"]);
-    key!(LOG_LEVEL, "log.level", Some("--log-level"), ["TCPI_LOG_LEVEL", "RUST_LOG"]);
-
-    /// Every key, for documentation checks.
-    pub const ALL: &[SettingKey] = &[
-        RPC_HOST, RPC_PORT, RPC_SSL, RPC_SSL_CERT, RPC_CLIENT_ID, RPC_SERVICE_PORT,
-        RPC_KEEP_ALIVE_SECS, RPC_RECONNECT_BASE_MS, RPC_ACK_TIMEOUT_MS, ROUTING_KEY, SECRET,
-        NR_SHARDS, SHARD_CORES, UPLINK_CORE, RING_DEPTH, BIND_ADDRESS, SO_BACKLOG, SO_RCVBUF_KIB,
-        SO_SNDBUF_KIB, KEEPALIVE, NODELAY, MAX_CONNECTIONS, IDLE_TIMEOUT_SECS, BATCH_MAX_RECORDS,
-        BATCH_MAX_BYTES, BATCH_LINGER_MS, INFLIGHT_BATCHES, SHARD_CHANNEL_RECORDS, DOWNLINK_INBOX,
-        DOWNLINK_HOLD_MAX, DOWNLINK_HOLD_SECS, DOWNLINK_SUFFIX, SCRIPT_TIMEOUT_MS,
-        SCRIPT_MEMORY_MIB, SPOOL_DIR, SPOOL_FSYNC, SPOOL_FSYNC_INTERVAL_MS, SPOOL_MAX_BYTES,
-        SPOOL_FULL_POLICY, METRICS_LISTEN, LOG_LEVEL,
-    ];
+    setting_keys! {
+        RPC_HOST:                "rpc.host",                     Some("--rpc-host"),                ["RPC_HOST", "PRC_HOST"];
+        RPC_PORT:                "rpc.port",                     Some("--rpc-port"),                ["RPC_PORT"];
+        RPC_SSL:                 "rpc.ssl",                      Some("--rpc-ssl"),                 ["RPC_SSL_ENABLED"];
+        RPC_SSL_CERT:            "rpc.ssl_cert",                 Some("--rpc-ssl-cert"),            ["RPC_SSL_CERT"];
+        RPC_CLIENT_ID:           "rpc.client_id",                Some("--client-id"),               ["RPC_CLIENT_ID"];
+        RPC_SERVICE_PORT:        "rpc.service_port",             None,                              ["HTTP_BIND_PORT"];
+        RPC_KEEP_ALIVE_SECS:     "rpc.keep_alive_secs",          None,                              ["RPC_KEEP_ALIVE_TIME_SEC"];
+        RPC_RECONNECT_BASE_MS:   "rpc.reconnect_base_ms",        Some("--reconnect-base-ms"),       ["TCPI_RECONNECT_BASE_MS"];
+        RPC_ACK_TIMEOUT_MS:      "rpc.ack_timeout_ms",           Some("--ack-timeout-ms"),          ["TCPI_ACK_TIMEOUT_MS"];
+        ROUTING_KEY:             "integration.routing_key",      Some("--routing-key"),             ["INTEGRATION_ROUTING_KEY"];
+        SECRET:                  "integration.secret",           Some("--secret"),                  ["INTEGRATION_SECRET"];
+        NR_SHARDS:               "shards.nr_shards",             Some("--nr-shards"),               ["TCPI_NR_SHARDS"];
+        SHARD_CORES:             "shards.shard_cores",           Some("--shard-cores"),             ["TCPI_SHARD_CORES"];
+        UPLINK_CORE:             "shards.uplink_core",           Some("--uplink-core"),             ["TCPI_UPLINK_CORE"];
+        RING_DEPTH:              "shards.ring_depth",            Some("--ring-depth"),              ["TCPI_RING_DEPTH"];
+        BIND_ADDRESS:            "socket.bind_address",          Some("--bind-address"),            ["TCPI_BIND_ADDRESS"];
+        SO_BACKLOG:              "socket.so_backlog",            Some("--so-backlog"),              ["TCPI_SO_BACKLOG"];
+        SO_RCVBUF_KIB:           "socket.so_rcvbuf_kib",         Some("--so-rcvbuf-kib"),           ["TCPI_SO_RCVBUF_KIB"];
+        SO_SNDBUF_KIB:           "socket.so_sndbuf_kib",         Some("--so-sndbuf-kib"),           ["TCPI_SO_SNDBUF_KIB"];
+        KEEPALIVE:               "socket.keepalive",             Some("--keepalive"),               ["TCPI_KEEPALIVE"];
+        NODELAY:                 "socket.nodelay",               Some("--nodelay"),                 ["TCPI_NODELAY"];
+        MAX_CONNECTIONS:         "socket.max_connections",       Some("--max-connections"),         ["TCPI_MAX_CONNECTIONS"];
+        IDLE_TIMEOUT_SECS:       "socket.idle_timeout_secs",     Some("--idle-timeout-secs"),       ["TCPI_IDLE_TIMEOUT_SECS"];
+        BATCH_MAX_RECORDS:       "uplink.batch_max_records",     Some("--batch-max-records"),       ["TCPI_BATCH_MAX_RECORDS"];
+        BATCH_MAX_BYTES:         "uplink.batch_max_bytes",       Some("--batch-max-bytes"),         ["TCPI_BATCH_MAX_BYTES"];
+        BATCH_LINGER_MS:         "uplink.batch_linger_ms",       Some("--batch-linger-ms"),         ["TCPI_BATCH_LINGER_MS"];
+        INFLIGHT_BATCHES:        "uplink.inflight_batches",      Some("--inflight-batches"),        ["TCPI_INFLIGHT_BATCHES"];
+        SHARD_CHANNEL_RECORDS:   "uplink.shard_channel_records", Some("--shard-channel-records"),   ["TCPI_SHARD_CHANNEL_RECORDS"];
+        DOWNLINK_INBOX:          "downlink.inbox",               Some("--downlink-inbox"),          ["TCPI_DOWNLINK_INBOX"];
+        DOWNLINK_HOLD_MAX:       "downlink.hold_max",            Some("--downlink-hold-max"),       ["TCPI_DOWNLINK_HOLD_MAX"];
+        DOWNLINK_HOLD_SECS:      "downlink.hold_secs",           Some("--downlink-hold-secs"),      ["TCPI_DOWNLINK_HOLD_SECS"];
+        DOWNLINK_SUFFIX:         "downlink.suffix",              Some("--downlink-suffix"),         ["TCPI_DOWNLINK_SUFFIX"];
+        SCRIPT_TIMEOUT_MS:       "script.timeout_ms",            Some("--script-timeout-ms"),       ["TCPI_SCRIPT_TIMEOUT_MS"];
+        SCRIPT_MEMORY_MIB:       "script.memory_mib",            Some("--script-memory-mib"),       ["TCPI_SCRIPT_MEMORY_MIB"];
+        SPOOL_DIR:               "spool.dir",                    Some("--spool-dir"),               ["TCPI_SPOOL_DIR"];
+        SPOOL_FSYNC:             "spool.fsync",                  Some("--spool-fsync"),             ["TCPI_SPOOL_FSYNC"];
+        SPOOL_FSYNC_INTERVAL_MS: "spool.fsync_interval_ms",      Some("--spool-fsync-interval-ms"), ["TCPI_SPOOL_FSYNC_INTERVAL_MS"];
+        SPOOL_MAX_BYTES:         "spool.max_bytes",              Some("--spool-max-bytes"),         ["TCPI_SPOOL_MAX_BYTES"];
+        SPOOL_FULL_POLICY:       "spool.full_policy",            Some("--spool-full-policy"),       ["TCPI_SPOOL_FULL_POLICY"];
+        METRICS_LISTEN:          "metrics.listen",               Some("--metrics-listen"),          ["TCPI_METRICS_LISTEN"];
+        LOG_LEVEL:               "log.level",                    Some("--log-level"),               ["TCPI_LOG_LEVEL", "RUST_LOG"];
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,17 +694,29 @@ pub struct RunArgs {
 
     /// Integration secret from the integration's page in ThingsBoard. Required; never logged.
     /// [env: INTEGRATION_SECRET]
-    #[arg(long, value_name = "SECRET", help_heading = "ThingsBoard Edge connection")]
+    #[arg(
+        long,
+        value_name = "SECRET",
+        help_heading = "ThingsBoard Edge connection"
+    )]
     pub secret: Option<Secret>,
 
     /// Host of ThingsBoard Edge (or the PE server) serving integration RPC.
     /// [default: localhost] [env: RPC_HOST, PRC_HOST]
-    #[arg(long, value_name = "HOST", help_heading = "ThingsBoard Edge connection")]
+    #[arg(
+        long,
+        value_name = "HOST",
+        help_heading = "ThingsBoard Edge connection"
+    )]
     pub rpc_host: Option<String>,
 
     /// Integration RPC port of Edge (INTEGRATIONS_RPC_PORT on the Edge side).
     /// [default: 9090] [env: RPC_PORT]
-    #[arg(long, value_name = "PORT", help_heading = "ThingsBoard Edge connection")]
+    #[arg(
+        long,
+        value_name = "PORT",
+        help_heading = "ThingsBoard Edge connection"
+    )]
     pub rpc_port: Option<u64>,
 
     /// Use TLS to Edge (`--rpc-ssl` alone means true). [default: false] [env: RPC_SSL_ENABLED]
@@ -727,7 +732,11 @@ pub struct RunArgs {
 
     /// PEM certificate(s) to trust for TLS to Edge; unset = the system trust store.
     /// [env: RPC_SSL_CERT]
-    #[arg(long, value_name = "FILE", help_heading = "ThingsBoard Edge connection")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "ThingsBoard Edge connection"
+    )]
     pub rpc_ssl_cert: Option<PathBuf>,
 
     /// Client id; this instance reports itself to ThingsBoard as `[CLIENT_ID:8082]` (port from
@@ -1103,10 +1112,7 @@ impl Settings {
         let mut warnings = Vec::new();
 
         let routing_key = layer.integration.routing_key.unwrap_or_default();
-        let secret = layer
-            .integration
-            .secret
-            .unwrap_or_else(|| Secret::new(""));
+        let secret = layer.integration.secret.unwrap_or_else(|| Secret::new(""));
         let mut missing = Vec::new();
         if routing_key.trim().is_empty() || routing_key == ROUTING_KEY_PLACEHOLDER {
             missing.push(ROUTING_KEY);
@@ -1194,7 +1200,9 @@ impl Settings {
                 let mut sorted = cores.clone();
                 sorted.sort_unstable();
                 sorted.dedup();
-                if cores.is_empty() || sorted.len() != cores.len() || cores.iter().any(|&c| c > 1023)
+                if cores.is_empty()
+                    || sorted.len() != cores.len()
+                    || cores.iter().any(|&c| c > 1023)
                 {
                     return Err(invalid(
                         SHARD_CORES,
