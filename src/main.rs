@@ -46,5 +46,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         service_id = %settings.rpc.service_id(),
         "effective settings (secret masked): {settings:?}"
     );
+    // Integration point: the server module replaces this line with
+    // `tcp_integration::server::run(settings)`.
     Ok(())
 }
