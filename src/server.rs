@@ -177,3 +177,79 @@ pub fn pin_current_thread(core: usize) {
         tracing::warn!(core, "cannot pin thread to core {core}: {}; running unpinned", std::io::Error::last_os_error());
     }
 }
+
+impl ServerOptions {
+    /// Lays the process out from the validated local settings: by default one shard per core
+    /// but one, pinned in core order, and the uplink core on the next core (unpinned when the
+    /// machine has a single core).
+    pub fn from_settings(settings: &crate::config::local::Settings) -> ServerOptions {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let nr_shards = settings
+            .shards
+            .nr_shards
+            .or(settings.shards.shard_cores.as_ref().map(Vec::len))
+            .unwrap_or(cores.saturating_sub(1))
+            .max(1);
+        let shard_cores = settings
+            .shards
+            .shard_cores
+            .clone()
+            .unwrap_or_else(|| if cores > 1 { (0..nr_shards.min(cores)).collect() } else { Vec::new() });
+        let uplink_core = settings
+            .shards
+            .uplink_core
+            .or_else(|| (cores > nr_shards).then_some(nr_shards));
+        let rpc = &settings.rpc;
+        let session = crate::uplink::session::SessionConfig {
+            endpoint: rpc.endpoint_uri(),
+            routing_key: rpc.routing_key.clone(),
+            secret: rpc.secret.expose().to_owned(),
+            service_id: rpc.service_id(),
+            tls_ca_pem: rpc.ssl_cert.clone(),
+            keepalive: rpc.keep_alive.unwrap_or(crate::uplink::session::MIN_KEEPALIVE),
+            reconnect_base: rpc.reconnect_base,
+            reconnect_max: (rpc.reconnect_base * 20).max(std::time::Duration::from_secs(60)),
+        };
+        let spool = crate::uplink::spool::SpoolOptions::from_settings(&settings.spool);
+        let uplink = UplinkCoreOptions {
+            session,
+            spool,
+            batch_max_records: settings.uplink.batch_max_records,
+            batch_max_bytes: settings.uplink.batch_max_bytes,
+            linger: settings.uplink.batch_linger,
+            inflight_batches: settings.uplink.inflight_batches,
+            ack_timeout: rpc.ack_timeout,
+            socket: settings.socket.clone(),
+            downlink_hold_max: settings.downlink.hold_max,
+            downlink_hold_for: settings.downlink.hold_max_age,
+            drain_timeout: DRAIN_TIMEOUT,
+        };
+        let shard = ShardSettings {
+            nr_shards,
+            max_connections: settings.socket.max_connections.div_ceil(nr_shards).max(1),
+            idle_timeout: settings.socket.idle_timeout,
+            downlink_suffix: settings.downlink.suffix,
+            script_limits: crate::convert::ScriptLimits {
+                call_timeout: settings.script.timeout,
+                memory_limit_bytes: settings.script.memory_limit_bytes,
+                ..crate::convert::ScriptLimits::default()
+            },
+            ring_depth: settings.shards.ring_depth as usize,
+            read_bytes: READ_BYTES,
+        };
+        ServerOptions {
+            uplink,
+            shard,
+            shard_cores,
+            uplink_core,
+            shard_channel_records: settings.uplink.shard_channel_records,
+            downlink_inbox: settings.downlink.inbox_capacity,
+        }
+    }
+}
+
+/// How long shutdown waits for in-flight batches to be acknowledged.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes asked of the kernel per device socket read: large enough for a burst of small frames
+/// from a batching device, small enough to keep one read's records a modest channel message.
+pub const READ_BYTES: usize = 16 * 1024;

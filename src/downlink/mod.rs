@@ -6,22 +6,5 @@
 
 pub mod routing;
 
-/// What ThingsBoard appends to every downlink written to a device socket (contract §4.3: a
-/// single LF); `none` and `crlf` are ours, for devices that want exact bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DownlinkSuffix {
-    None,
-    Lf,
-    CrLf,
-}
+pub use crate::config::local::DownlinkSuffix;
 
-impl DownlinkSuffix {
-    /// The bytes written after each encoded downlink.
-    pub fn bytes(self) -> &'static [u8] {
-        match self {
-            DownlinkSuffix::None => b"",
-            DownlinkSuffix::Lf => b"\n",
-            DownlinkSuffix::CrLf => b"\r\n",
-        }
-    }
-}

@@ -13,7 +13,7 @@
 //! (at-least-once; duplicates bounded by the in-flight window).
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use super::session::{self, SessionConfig, SessionEvent, SessionHandle};
 use super::spool::{Spool, SpoolError, SpoolOptions};
 use crate::config::integration::{IntegrationConfigError, TcpIntegrationConfig};
+use crate::config::local::SocketSettings;
 use crate::downlink::routing::{Route, Router};
 use crate::events::{
     AckTimedOut, BatchRejected, ConfigRejected, DownlinkDropReason, DownlinkDropped,
@@ -40,17 +41,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// How many queued shard messages are appended to the spool in one go.
 const APPEND_MESSAGES_MAX: usize = 256;
 
-/// Local overrides of ThingsBoard's `clientConfiguration` (flags, env, TOML).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientOverrides {
-    pub bind_address: Option<IpAddr>,
-    pub so_backlog: Option<u32>,
-    pub so_rcvbuf_kib: Option<u32>,
-    pub so_sndbuf_kib: Option<u32>,
-    pub keepalive: Option<bool>,
-    pub nodelay: Option<bool>,
-}
-
 /// Everything the uplink core needs from the local settings.
 #[derive(Debug, Clone)]
 pub struct UplinkCoreOptions {
@@ -61,7 +51,8 @@ pub struct UplinkCoreOptions {
     pub linger: Duration,
     pub inflight_batches: usize,
     pub ack_timeout: Duration,
-    pub overrides: ClientOverrides,
+    /// Local overrides of ThingsBoard's `clientConfiguration` and the bind address.
+    pub socket: SocketSettings,
     pub downlink_hold_max: usize,
     pub downlink_hold_for: Duration,
     /// How long shutdown waits for in-flight batches to be acknowledged.
@@ -99,7 +90,7 @@ pub enum ServeConfigError {
 /// overrides. `Ok(None)` when the integration is disabled.
 pub fn serving_config(
     integration: &IntegrationConfigurationProto,
-    overrides: &ClientOverrides,
+    socket: &SocketSettings,
 ) -> Result<ShardConfig, ServeConfigError> {
     if !integration.r#type.eq_ignore_ascii_case("TCP") {
         return Err(ServeConfigError::WrongType(integration.r#type.clone()));
@@ -108,7 +99,7 @@ pub fn serving_config(
         return Ok(None);
     }
     let tcp = TcpIntegrationConfig::from_json(&integration.configuration)?;
-    let client = &tcp.client;
+    let client = socket.apply_to(&tcp.client);
     let uplink_converter = integration
         .uplink_converter
         .as_ref()
@@ -123,17 +114,14 @@ pub fn serving_config(
     let mut metadata = Vec::with_capacity(tcp.metadata.len() + 1);
     metadata.push(("integrationName".to_owned(), integration.name.clone()));
     metadata.extend(tcp.metadata.iter().cloned());
-    let bind = overrides
-        .bind_address
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     Ok(Some(Arc::new(ServingConfig {
         listener: ListenerOptions {
-            addr: SocketAddr::new(bind, client.port),
-            backlog: overrides.so_backlog.unwrap_or(client.so_backlog),
-            rcvbuf_kib: overrides.so_rcvbuf_kib.unwrap_or(client.so_rcvbuf_kib),
-            sndbuf_kib: overrides.so_sndbuf_kib.unwrap_or(client.so_sndbuf_kib),
-            keepalive: overrides.keepalive.unwrap_or(client.so_keepalive),
-            nodelay: overrides.nodelay.unwrap_or(client.tcp_nodelay),
+            addr: SocketAddr::new(socket.bind_address, client.port),
+            backlog: client.so_backlog,
+            rcvbuf_kib: client.so_rcvbuf_kib,
+            sndbuf_kib: client.so_sndbuf_kib,
+            keepalive: client.so_keepalive,
+            nodelay: client.tcp_nodelay,
         },
         framing: client.framing.clone(),
         metadata,
@@ -319,7 +307,7 @@ impl Core {
     }
 
     fn apply_integration(&mut self, integration: IntegrationConfigurationProto) {
-        match serving_config(&integration, &self.options.overrides) {
+        match serving_config(&integration, &self.options.socket) {
             Ok(config) => {
                 if config.is_none() {
                     tracing::warn!(name = %integration.name, "the integration is disabled in ThingsBoard: not serving devices");
