@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod shard;
+pub mod demo;
