@@ -1,0 +1,204 @@
+//! Shared harness for the server tests: the real edge emulator and the real server, in-process,
+//! on loopback ports picked at run time.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+use tcp_integration::demo::settings_for;
+use tcp_integration::edge_sim::definition::IntegrationDefinition;
+use tcp_integration::edge_sim::record::{Record, TypedValue};
+use tcp_integration::edge_sim::{EXAMPLE_BINARY_JSON, EXAMPLE_JSON_JSON, EXAMPLE_TEXT_JSON, EdgeSim, EdgeSimHandle};
+use tcp_integration::server::{Server, ServerOptions};
+
+/// Generous upper bound for things that normally take milliseconds; only reached on failure.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A port on 127.0.0.1 held (bound with SO_REUSEPORT, not listening) so nobody else takes it
+/// while the server binds it too.
+pub struct ReservedPort {
+    pub port: u16,
+    _socket: Socket,
+}
+
+pub fn reserve_port() -> ReservedPort {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    ReservedPort {
+        port,
+        _socket: socket,
+    }
+}
+
+pub fn example(json: &str, port: u16) -> IntegrationDefinition {
+    let mut def = IntegrationDefinition::from_json_str(json).unwrap();
+    def.configuration["clientConfiguration"]["port"] = serde_json::json!(port);
+    def
+}
+
+pub fn text_example(port: u16) -> IntegrationDefinition {
+    example(EXAMPLE_TEXT_JSON, port)
+}
+
+pub fn json_example(port: u16) -> IntegrationDefinition {
+    example(EXAMPLE_JSON_JSON, port)
+}
+
+pub fn binary_example(port: u16) -> IntegrationDefinition {
+    example(EXAMPLE_BINARY_JSON, port)
+}
+
+pub struct Harness {
+    pub rt: tokio::runtime::Runtime,
+    pub edge: Option<EdgeSimHandle>,
+    pub server: Option<Server>,
+    pub port: ReservedPort,
+    pub spool: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts edge-sim with `definition` and the server against it (with extra `TCPI_*`
+    /// settings), and waits until the server serves devices.
+    pub fn start(definition: IntegrationDefinition, port: ReservedPort, extra: &[(&str, &str)]) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let edge = rt
+            .block_on(EdgeSim::start(definition.clone(), "127.0.0.1:0".parse().unwrap(), None, None))
+            .unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let mut env: Vec<(&str, String)> = vec![
+            ("TCPI_SPOOL_DIR", spool.path().display().to_string()),
+            ("TCPI_BIND_ADDRESS", "127.0.0.1".to_owned()),
+            ("TCPI_BATCH_LINGER_MS", "1".to_owned()),
+            ("TCPI_RECONNECT_BASE_MS", "100".to_owned()),
+            ("TCPI_SHARD_CORES", String::new()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k, (*v).to_owned()));
+        }
+        env.retain(|(_, v)| !v.is_empty());
+        let settings = settings_for(edge.grpc_addr(), &definition, &env).unwrap();
+        let mut options = ServerOptions::from_settings(&settings);
+        // Tests share the machine with other tests: no pinning.
+        options.shard_cores.clear();
+        options.uplink_core = None;
+        let mut server = Server::start(options).unwrap();
+        assert!(server.wait_serving(PATIENCE), "server never got its configuration");
+        let harness = Harness {
+            rt,
+            edge: Some(edge),
+            server: Some(server),
+            port,
+            spool,
+        };
+        harness.wait_listening(harness.port.port);
+        harness
+    }
+
+    pub fn edge(&self) -> &EdgeSimHandle {
+        self.edge.as_ref().unwrap()
+    }
+
+    /// Waits until a device can connect to `port` (the shards bind asynchronously).
+    pub fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nothing listens on port {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port.port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    /// Waits until edge-sim has at least `n` records; returns all of them.
+    pub fn wait_records(&self, n: usize) -> Vec<Record> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let records = self.edge().records();
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} records, got {}: {:?}",
+                records.len(),
+                records.iter().rev().take(3).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Posts a downlink through the emulator to the connected integration.
+    pub fn downlink(&self, device: &str, data: serde_json::Value) {
+        let request: tcp_integration::edge_sim::DownlinkRequest = serde_json::from_value(
+            serde_json::json!({"deviceName": device, "deviceType": "default", "msgType": "ATTRIBUTES_UPDATED", "data": data, "metadata": {}}),
+        )
+        .unwrap();
+        self.edge().post_downlink(&request).unwrap();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown();
+        }
+        if let Some(edge) = self.edge.take() {
+            self.rt.block_on(edge.shutdown());
+        }
+    }
+}
+
+/// Reads from `stream` until `expected.len()` bytes arrived (or PATIENCE passed).
+pub fn read_exact_within(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Asserts nothing arrives on `stream` for a short while.
+pub fn assert_silent(stream: &mut TcpStream, for_how_long: Duration) {
+    stream.set_read_timeout(Some(for_how_long)).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) => panic!("unexpected {n} bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => assert!(
+            matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "{e}"
+        ),
+    }
+}
+
+pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+}
+
+/// The latest value of `key` across `records` of `device`.
+pub fn latest<'a>(records: &'a [Record], device: &str, key: &str) -> Option<&'a TypedValue> {
+    records
+        .iter()
+        .filter(|r| r.name == device)
+        .flat_map(|r| r.telemetry.iter())
+        .filter_map(|t| t.values.get(key))
+        .next_back()
+}
