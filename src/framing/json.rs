@@ -162,7 +162,6 @@ impl JsonFramer {
                 };
                 let candidates = live & (u64::MAX << from);
                 if candidates == 0 {
-                    from = 64;
                     break;
                 }
                 let i = candidates.trailing_zeros();
@@ -188,6 +187,7 @@ impl JsonFramer {
                     }
                 }
             }
+            // Past the block, or past the byte escaped by a backslash at its end.
             pos += (from as usize).max(avail);
         }
         self.scan_pos = pos;
