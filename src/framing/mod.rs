@@ -17,6 +17,9 @@
 //!   split into reads (see `tests/framing_props.rs`);
 //! * no framing error closes the connection (ThingsBoard logs decoder errors and keeps the
 //!   channel); [`Framer::discarded_bytes`] counts what was thrown away.
+//!
+//! This directory depends only on `bytes`, `memchr` and `thiserror` and never on `crate::`:
+//! `fuzz/` compiles it standalone.
 
 pub mod binary;
 pub mod json;
