@@ -4,7 +4,28 @@
 //! [`FramingSpec`] is the validated description of a handler configuration; it is built by
 //! `config` from ThingsBoard's `handlerConfiguration` and checked by [`FramingSpec::validate`]
 //! when the configuration is loaded, so a framer never meets an impossible setting.
+//!
+//! [`Framer`] is the one API the connection loop uses: it appends what it read to its
+//! `BytesMut` and calls [`Framer::decode`] until it returns `None`. Invariants every framer keeps:
+//! * frames are `split_to(..).freeze()` slices of the connection's buffer: zero-copy, no
+//!   per-frame allocation;
+//! * the framer is the only consumer of the buffer's front, and it consumes everything it no
+//!   longer needs, so the buffer never grows past the frame limit plus one read;
+//! * scan progress is kept across calls, so a slowly arriving frame is scanned once, not once
+//!   per read;
+//! * the sequence of frames and errors depends only on the byte stream, never on how it was
+//!   split into reads (see `tests/framing_props.rs`);
+//! * no framing error closes the connection (ThingsBoard logs decoder errors and keeps the
+//!   channel); [`Framer::discarded_bytes`] counts what was thrown away.
+//!
+//! This directory depends only on `bytes`, `memchr` and `thiserror` and never on `crate::`:
+//! `fuzz/` compiles it standalone.
 
+pub mod binary;
+pub mod json;
+pub mod text;
+
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 /// The frame-splitting rule of one integration (ThingsBoard `handlerConfiguration`).
@@ -117,6 +138,133 @@ impl FramingSpec {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+/// A framing failure on one connection. None of them closes the connection: the framer has
+/// already skipped the offending bytes (or, for [`FramingError::JsonCorrupted`], switched to
+/// discarding everything) and the caller keeps calling [`Framer::decode`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FramingError {
+    /// TEXT: a frame longer than `maxFrameLength` (delimiter excluded); it is discarded up to
+    /// and including the next delimiter. Reported as soon as the length is exceeded (fail-fast).
+    #[error(
+        "text frame longer than maxFrameLength ({max_frame_bytes} bytes); \
+         discarded up to the next delimiter"
+    )]
+    TextFrameTooLong { max_frame_bytes: usize },
+    /// BINARY: the length field announces a frame longer than `maxFrameLength`; the whole frame
+    /// is discarded. Reported when the length is read (`failFast`) or once discarded.
+    #[error(
+        "binary frame of {frame_bytes} bytes is longer than maxFrameLength \
+         ({max_frame_bytes} bytes); discarded"
+    )]
+    BinaryFrameTooLong {
+        frame_bytes: i64,
+        max_frame_bytes: usize,
+    },
+    /// JSON: a frame did not start with `{` or `[`. As in ThingsBoard, every later byte on this
+    /// connection is discarded (and counted); this error is reported once.
+    #[error(
+        "invalid JSON: a frame must start with '{{' or '[', got byte 0x{byte:02x}; \
+         discarding all further data on this connection"
+    )]
+    JsonCorrupted { byte: u8 },
+    /// JSON: a frame did not close within the buffer cap; its first `max_frame_bytes` bytes
+    /// are discarded and framing restarts at the next byte.
+    #[error(
+        "JSON frame longer than the {max_frame_bytes}-byte buffer cap; \
+         {max_frame_bytes} bytes discarded"
+    )]
+    JsonBufferOverflow { max_frame_bytes: usize },
+    /// BINARY: an 8-byte length field holds a negative value; the header is skipped.
+    #[error("negative length field value {length}; {header_bytes} header bytes skipped")]
+    NegativeLength { length: i64, header_bytes: usize },
+    /// BINARY: length + lengthAdjustment + header is shorter than the header itself.
+    #[error(
+        "adjusted frame length {frame_bytes} is less than the header \
+         (lengthFieldOffset + lengthFieldLength = {header_bytes}); header skipped"
+    )]
+    FrameShorterThanHeader { frame_bytes: i64, header_bytes: usize },
+    /// BINARY: initialBytesToStrip is larger than the frame; the frame is skipped.
+    #[error(
+        "adjusted frame length {frame_bytes} is less than initialBytesToStrip \
+         ({strip_bytes}); frame skipped"
+    )]
+    StripBeyondFrame {
+        frame_bytes: usize,
+        strip_bytes: usize,
+    },
+}
+
+impl FramingError {
+    /// A short, stable snake_case label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FramingError::TextFrameTooLong { .. } | FramingError::BinaryFrameTooLong { .. } => {
+                "frame_too_long"
+            }
+            FramingError::JsonCorrupted { .. } => "json_corrupted",
+            FramingError::JsonBufferOverflow { .. } => "json_buffer_overflow",
+            FramingError::NegativeLength { .. } => "negative_length",
+            FramingError::FrameShorterThanHeader { .. } => "frame_shorter_than_header",
+            FramingError::StripBeyondFrame { .. } => "strip_beyond_frame",
+        }
+    }
+}
+
+/// The framer of one connection, chosen by its integration's [`FramingSpec`].
+#[derive(Debug)]
+pub enum Framer {
+    Text(text::TextFramer),
+    Json(json::JsonFramer),
+    Binary(binary::BinaryFramer),
+}
+
+impl Framer {
+    /// Builds the framer for a validated spec.
+    ///
+    /// # Panics
+    /// If `spec` fails [`FramingSpec::validate`]: configurations are validated when they are
+    /// loaded, so an invalid spec here is a programming error. Use [`Framer::try_new`] when the
+    /// spec has not been validated.
+    pub fn new(spec: &FramingSpec) -> Framer {
+        match Framer::try_new(spec) {
+            Ok(framer) => framer,
+            Err(err) => panic!("Framer::new needs a validated FramingSpec: {err}"),
+        }
+    }
+
+    /// Validates `spec` and builds its framer.
+    pub fn try_new(spec: &FramingSpec) -> Result<Framer, FramingSpecError> {
+        spec.validate()?;
+        Ok(match spec {
+            FramingSpec::Text(text) => Framer::Text(text::TextFramer::new(text)),
+            FramingSpec::Json => Framer::Json(json::JsonFramer::new()),
+            FramingSpec::Binary(bin) => Framer::Binary(binary::BinaryFramer::new(bin)),
+        })
+    }
+
+    /// Takes the next frame out of `buf` (the connection's read buffer, bytes appended at the end).
+    /// Returns None when more bytes are needed. Consumes from `buf` whatever it no longer needs
+    /// (frames, delimiters, discarded bytes), so `buf` never grows past the limit + one read.
+    #[inline]
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        match self {
+            Framer::Text(framer) => framer.decode(buf),
+            Framer::Json(framer) => framer.decode(buf),
+            Framer::Binary(framer) => framer.decode(buf),
+        }
+    }
+
+    /// Bytes thrown away on this connection so far (over-long frames, skipped headers, data
+    /// after a JSON corruption); delimiters and whitespace between JSON frames are not counted.
+    pub fn discarded_bytes(&self) -> u64 {
+        match self {
+            Framer::Text(framer) => framer.discarded_bytes(),
+            Framer::Json(framer) => framer.discarded_bytes(),
+            Framer::Binary(framer) => framer.discarded_bytes(),
         }
     }
 }

@@ -1,0 +1,187 @@
+//! BINARY framing: Netty's `LengthFieldBasedFrameDecoder(byteOrder, maxFrameLength,
+//! lengthFieldOffset, lengthFieldLength, lengthAdjustment, initialBytesToStrip, failFast)` as
+//! ThingsBoard configures it (contract §3.3).
+//!
+//! Per frame: wait for the header (`lengthFieldOffset + lengthFieldLength` bytes); read the field
+//! (1/2/3/4 bytes unsigned, 8 bytes signed); negative ⇒ error, header skipped;
+//! `frame = value + lengthAdjustment + header` with Java `long` wrap-around; shorter than the
+//! header ⇒ error, header skipped; longer than `maxFrameLength` ⇒ the whole frame is discarded
+//! (across reads) and reported when first seen (`failFast`) or once discarded; otherwise wait for
+//! the frame; `initialBytesToStrip` beyond it ⇒ error, frame skipped; else strip and emit.
+//! Bytes after a frame are the next header: there is no resynchronisation.
+//!
+//! Invariants: the header of a pending frame is parsed once (`pending_frame_bytes`); the buffer
+//! holds at most `maxFrameLength` bytes of an unfinished frame; an over-long frame is dropped as
+//! it arrives, never buffered.
+//!
+//! Difference from Netty: after an error Netty leaves the remaining buffered bytes until the next
+//! read (or the close); we go on decoding them at once. The frames are the same, only earlier.
+//! And when initialBytesToStrip exceeds a frame whose header arrived in an earlier read, Netty
+//! skips nothing and stays stuck on that frame; we skip the frame as the contract says.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{BinarySpec, ByteOrder, FramingError};
+
+/// Streaming BINARY framer of one connection.
+#[derive(Debug)]
+pub struct BinaryFramer {
+    byte_order: ByteOrder,
+    max_frame_bytes: usize,
+    length_field_offset: usize,
+    /// `lengthFieldOffset + lengthFieldLength`.
+    header_bytes: usize,
+    length_adjustment: i64,
+    initial_bytes_to_strip: usize,
+    fail_fast: bool,
+    /// Length of the frame at the front of the buffer, when its header was already read.
+    pending_frame_bytes: Option<usize>,
+    /// Bytes of an over-long frame still to drop.
+    bytes_to_discard: u64,
+    /// Length of the over-long frame being dropped (0 when none).
+    too_long_frame_bytes: i64,
+    discarded_bytes: u64,
+}
+
+impl BinaryFramer {
+    /// Builds the framer; `spec` must satisfy [`super::FramingSpec::validate`].
+    pub fn new(spec: &BinarySpec) -> BinaryFramer {
+        BinaryFramer {
+            byte_order: spec.byte_order,
+            max_frame_bytes: spec.max_frame_bytes,
+            length_field_offset: spec.length_field_offset,
+            header_bytes: spec.length_field_offset + spec.length_field_bytes,
+            length_adjustment: spec.length_adjustment,
+            initial_bytes_to_strip: spec.initial_bytes_to_strip,
+            fail_fast: spec.fail_fast,
+            pending_frame_bytes: None,
+            bytes_to_discard: 0,
+            too_long_frame_bytes: 0,
+            discarded_bytes: 0,
+        }
+    }
+
+    /// Bytes thrown away so far (over-long frames, skipped headers and frames).
+    pub fn discarded_bytes(&self) -> u64 {
+        self.discarded_bytes
+    }
+
+    /// See [`super::Framer::decode`].
+    #[inline]
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        let frame_bytes = match self.pending_frame_bytes {
+            Some(frame_bytes) => frame_bytes,
+            None => {
+                if self.too_long_frame_bytes != 0 {
+                    let nr_bytes = self.bytes_to_discard.min(buf.len() as u64) as usize;
+                    self.discard(buf, nr_bytes);
+                    self.bytes_to_discard -= nr_bytes as u64;
+                    if self.bytes_to_discard > 0 {
+                        return None;
+                    }
+                    let frame_bytes = std::mem::take(&mut self.too_long_frame_bytes);
+                    if !self.fail_fast {
+                        return Some(Err(self.too_long(frame_bytes)));
+                    }
+                }
+                if buf.len() < self.header_bytes {
+                    return None;
+                }
+                let length = self.read_length_field(buf);
+                if length < 0 {
+                    self.discard(buf, self.header_bytes);
+                    return Some(Err(FramingError::NegativeLength {
+                        length,
+                        header_bytes: self.header_bytes,
+                    }));
+                }
+                // Java long arithmetic: a huge 8-byte length wraps, then fails the next check.
+                let frame_bytes = length
+                    .wrapping_add(self.length_adjustment)
+                    .wrapping_add(self.header_bytes as i64);
+                if frame_bytes < self.header_bytes as i64 {
+                    self.discard(buf, self.header_bytes);
+                    return Some(Err(FramingError::FrameShorterThanHeader {
+                        frame_bytes,
+                        header_bytes: self.header_bytes,
+                    }));
+                }
+                if frame_bytes > self.max_frame_bytes as i64 {
+                    return self.start_discarding(buf, frame_bytes);
+                }
+                // In range: 0 < frame_bytes <= max_frame_bytes.
+                let frame_bytes = frame_bytes as usize;
+                self.pending_frame_bytes = Some(frame_bytes);
+                frame_bytes
+            }
+        };
+        if buf.len() < frame_bytes {
+            return None;
+        }
+        self.pending_frame_bytes = None;
+        if self.initial_bytes_to_strip > frame_bytes {
+            self.discard(buf, frame_bytes);
+            return Some(Err(FramingError::StripBeyondFrame {
+                frame_bytes,
+                strip_bytes: self.initial_bytes_to_strip,
+            }));
+        }
+        buf.advance(self.initial_bytes_to_strip);
+        Some(Ok(buf
+            .split_to(frame_bytes - self.initial_bytes_to_strip)
+            .freeze()))
+    }
+
+    /// An over-long frame announced by its header: drop what is here, remember the rest.
+    fn start_discarding(
+        &mut self,
+        buf: &mut BytesMut,
+        frame_bytes: i64,
+    ) -> Option<Result<Bytes, FramingError>> {
+        // frame_bytes > max_frame_bytes >= 1, so it is positive.
+        let frame_bytes_u64 = frame_bytes as u64;
+        if frame_bytes_u64 <= buf.len() as u64 {
+            // All of it is here: drop it and report now, whatever failFast says.
+            self.discard(buf, frame_bytes_u64 as usize);
+            return Some(Err(self.too_long(frame_bytes)));
+        }
+        self.bytes_to_discard = frame_bytes_u64 - buf.len() as u64;
+        self.too_long_frame_bytes = frame_bytes;
+        self.discard(buf, buf.len());
+        if self.fail_fast {
+            Some(Err(self.too_long(frame_bytes)))
+        } else {
+            None
+        }
+    }
+
+    fn too_long(&self, frame_bytes: i64) -> FramingError {
+        FramingError::BinaryFrameTooLong {
+            frame_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+        }
+    }
+
+    fn discard(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
+        buf.advance(nr_bytes);
+        self.discarded_bytes += nr_bytes as u64;
+    }
+
+    /// The length field of the frame at the front of `buf` (which holds the whole header).
+    #[inline]
+    fn read_length_field(&self, buf: &[u8]) -> i64 {
+        let field = &buf[self.length_field_offset..self.header_bytes];
+        // Widen to 8 bytes so one conversion serves every field size.
+        let mut wide = [0u8; 8];
+        match self.byte_order {
+            ByteOrder::BigEndian => {
+                wide[8 - field.len()..].copy_from_slice(field);
+                i64::from_be_bytes(wide)
+            }
+            ByteOrder::LittleEndian => {
+                wide[..field.len()].copy_from_slice(field);
+                i64::from_le_bytes(wide)
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! TEXT framing: ThingsBoard's `DelimiterBasedFrameDecoder` (Netty) with its three separators.
+//!
+//! * `SYSTEM_LINE_SEPARATOR`: a frame ends at LF; a CR right before the LF belongs to the
+//!   delimiter; a lone CR is data.
+//! * `NUL_DELIMITER`: the byte 0x00. `CUSTOM_SEPARATOR`: the raw bytes, multi-byte allowed; the
+//!   first occurrence in the stream ends the frame.
+//! * `maxFrameLength` counts the frame without its delimiter. An over-long frame is reported as
+//!   soon as more than `maxFrameLength` bytes of it are known (fail-fast is hard-wired in
+//!   ThingsBoard) and then discarded up to and including the next delimiter.
+//! * Bytes after the last delimiter are never a frame.
+//!
+//! Invariants: `buf[..scanned]` is known to hold no delimiter start, so each byte is searched once
+//! (memchr / memmem) however slowly the frame arrives. While no delimiter is found, the buffer
+//! keeps at most `maxFrameLength` bytes of frame plus the few trailing bytes that may begin a
+//! delimiter.
+//!
+//! One deliberate difference from Netty: Netty judges "too long" on the whole buffered tail,
+//! including a trailing CR (or a partial custom delimiter) that the next read may turn into a
+//! delimiter, so in that corner its outcome depends on how TCP split the stream. We do not count
+//! those possibly-delimiter bytes until the next read decides, which gives the outcome Netty has
+//! when the bytes arrive together, whatever the segmentation.
+
+use bytes::{Buf, Bytes, BytesMut};
+use memchr::memmem;
+
+use super::{Delimiter, FramingError, TextSpec};
+
+const LF: u8 = b'\n';
+const CR: u8 = b'\r';
+
+/// How a frame's end is found.
+#[derive(Debug)]
+enum Separator {
+    /// LF, or CR LF.
+    Line,
+    /// One byte (NUL, or a one-byte custom separator).
+    Byte(u8),
+    /// A multi-byte custom separator.
+    Bytes(memmem::Finder<'static>),
+}
+
+/// Streaming TEXT framer of one connection.
+#[derive(Debug)]
+pub struct TextFramer {
+    separator: Separator,
+    max_frame_bytes: usize,
+    strip_delimiter: bool,
+    /// `buf[..scanned]` holds no delimiter start (LF search resumes here).
+    scanned: usize,
+    /// An over-long frame was reported; drop bytes until its delimiter has gone by.
+    discarding: bool,
+    discarded_bytes: u64,
+}
+
+impl TextFramer {
+    /// Builds the framer; `spec` must satisfy [`super::FramingSpec::validate`].
+    pub fn new(spec: &TextSpec) -> TextFramer {
+        let separator = match &spec.delimiter {
+            Delimiter::Line => Separator::Line,
+            Delimiter::Nul => Separator::Byte(0),
+            Delimiter::Custom(bytes) if bytes.len() == 1 => Separator::Byte(bytes[0]),
+            Delimiter::Custom(bytes) => Separator::Bytes(memmem::Finder::new(bytes).into_owned()),
+        };
+        TextFramer {
+            separator,
+            max_frame_bytes: spec.max_frame_bytes,
+            strip_delimiter: spec.strip_delimiter,
+            scanned: 0,
+            discarding: false,
+            discarded_bytes: 0,
+        }
+    }
+
+    /// See [`super::Framer::decode`].
+    #[inline]
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        loop {
+            match self.find_delimiter(buf) {
+                Some((frame_bytes, delimiter_bytes)) => {
+                    self.scanned = 0;
+                    if self.discarding {
+                        // The error was reported when the frame first exceeded the limit.
+                        self.discarding = false;
+                        self.discard(buf, frame_bytes + delimiter_bytes);
+                        continue;
+                    }
+                    if frame_bytes > self.max_frame_bytes {
+                        self.discard(buf, frame_bytes + delimiter_bytes);
+                        return Some(Err(self.too_long()));
+                    }
+                    let frame = if self.strip_delimiter {
+                        let frame = buf.split_to(frame_bytes).freeze();
+                        buf.advance(delimiter_bytes);
+                        frame
+                    } else {
+                        buf.split_to(frame_bytes + delimiter_bytes).freeze()
+                    };
+                    return Some(Ok(frame));
+                }
+                None => {
+                    // Bytes that may still begin a delimiter are not known to be frame data.
+                    let known_frame_bytes = buf.len() - self.possible_delimiter_tail(buf);
+                    if self.discarding {
+                        self.discard_known(buf, known_frame_bytes);
+                        return None;
+                    }
+                    if known_frame_bytes > self.max_frame_bytes {
+                        self.discarding = true;
+                        self.discard_known(buf, known_frame_bytes);
+                        return Some(Err(self.too_long()));
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Bytes thrown away so far (over-long frames and their delimiters).
+    pub fn discarded_bytes(&self) -> u64 {
+        self.discarded_bytes
+    }
+
+    fn too_long(&self) -> FramingError {
+        FramingError::TextFrameTooLong {
+            max_frame_bytes: self.max_frame_bytes,
+        }
+    }
+
+    fn discard(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
+        buf.advance(nr_bytes);
+        self.discarded_bytes += nr_bytes as u64;
+    }
+
+    /// Discards bytes known to belong to an over-long frame; the search resume point moves
+    /// with them (it may fall inside the kept tail, where a delimiter may start).
+    fn discard_known(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
+        self.discard(buf, nr_bytes);
+        self.scanned = self.scanned.saturating_sub(nr_bytes);
+    }
+
+    /// Finds the first delimiter at or after `scanned`: (frame bytes, delimiter bytes).
+    /// When there is none, leaves `scanned` where the next search must resume.
+    #[inline]
+    fn find_delimiter(&mut self, buf: &[u8]) -> Option<(usize, usize)> {
+        let from = self.scanned.min(buf.len());
+        match &self.separator {
+            Separator::Line => match memchr::memchr(LF, &buf[from..]) {
+                Some(i) => {
+                    let lf = from + i;
+                    if lf > 0 && buf[lf - 1] == CR {
+                        Some((lf - 1, 2))
+                    } else {
+                        Some((lf, 1))
+                    }
+                }
+                None => {
+                    self.scanned = buf.len();
+                    None
+                }
+            },
+            Separator::Byte(byte) => match memchr::memchr(*byte, &buf[from..]) {
+                Some(i) => Some((from + i, 1)),
+                None => {
+                    self.scanned = buf.len();
+                    None
+                }
+            },
+            Separator::Bytes(finder) => match finder.find(&buf[from..]) {
+                Some(i) => Some((from + i, finder.needle().len())),
+                None => {
+                    // A delimiter may start in the last needle-1 bytes once more arrive.
+                    self.scanned = buf.len().saturating_sub(finder.needle().len() - 1);
+                    None
+                }
+            },
+        }
+    }
+
+    /// How many trailing bytes of `buf` (which holds no complete delimiter) may be the start of
+    /// a delimiter completed by the next read.
+    fn possible_delimiter_tail(&self, buf: &[u8]) -> usize {
+        match &self.separator {
+            Separator::Line => usize::from(buf.last() == Some(&CR)),
+            Separator::Byte(_) => 0,
+            Separator::Bytes(finder) => {
+                let needle = finder.needle();
+                // The longest suffix of buf that is a proper prefix of the delimiter.
+                let longest = (needle.len() - 1).min(buf.len());
+                (1..=longest)
+                    .rev()
+                    .find(|&n| buf[buf.len() - n..] == needle[..n])
+                    .unwrap_or(0)
+            }
+        }
+    }
+}
