@@ -58,42 +58,68 @@ pub struct UplinkEntity {
 }
 
 impl UplinkEntity {
-    /// The typed JSON the test-converter prints (types visible).
-    pub fn to_typed_json(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        let (name_key, type_key, label_key) = match self.kind {
+    /// The typed JSON the test-converter prints (types visible, keys in ThingsBoard's order).
+    pub fn to_typed_json(&self) -> String {
+        serde_json::to_string_pretty(&TypedView(self)).unwrap_or_default()
+    }
+}
+
+/// Serialises an entity with its keys in a stable, readable order.
+pub struct TypedView<'a>(pub &'a UplinkEntity);
+
+struct TypedKvs<'a>(&'a [KeyValue]);
+
+impl serde::Serialize for TypedKvs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for kv in self.0 {
+            m.serialize_entry(&kv.key, &kv.value.to_json())?;
+        }
+        m.end()
+    }
+}
+
+struct TypedTs<'a>(&'a TsValues);
+
+impl serde::Serialize for TypedTs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("ts", &self.0.ts_ms)?;
+        m.serialize_entry("values", &TypedKvs(&self.0.values))?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for TypedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let (name_key, type_key, label_key) = match e.kind {
             EntityKind::Device => ("deviceName", "deviceType", "deviceLabel"),
             EntityKind::Asset => ("assetName", "assetType", "assetLabel"),
         };
-        m.insert(name_key.into(), self.name.clone().into());
-        m.insert(type_key.into(), self.entity_type.clone().into());
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(name_key, &e.name)?;
+        m.serialize_entry(type_key, &e.entity_type)?;
         for (k, v) in [
-            (label_key, &self.label),
-            ("customerName", &self.customer_name),
-            ("groupName", &self.group_name),
+            (label_key, &e.label),
+            ("customerName", &e.customer_name),
+            ("groupName", &e.group_name),
         ] {
             if !v.is_empty() {
-                m.insert(k.into(), v.clone().into());
+                m.serialize_entry(k, v)?;
             }
         }
-        let kvs = |kv: &[KeyValue]| {
-            serde_json::Value::Object(
-                kv.iter()
-                    .map(|kv| (kv.key.clone(), kv.value.to_json()))
-                    .collect(),
-            )
-        };
-        if let Some(t) = &self.telemetry {
-            let list = t
-                .iter()
-                .map(|e| serde_json::json!({"ts": e.ts_ms, "values": kvs(&e.values)}))
-                .collect();
-            m.insert("telemetry".into(), serde_json::Value::Array(list));
+        if let Some(t) = &e.telemetry {
+            let list: Vec<TypedTs<'_>> = t.iter().map(TypedTs).collect();
+            m.serialize_entry("telemetry", &list)?;
         }
-        if let Some(a) = &self.attributes {
-            m.insert("attributes".into(), kvs(a));
+        if let Some(a) = &e.attributes {
+            m.serialize_entry("attributes", &TypedKvs(a))?;
         }
-        serde_json::Value::Object(m)
+        m.end()
     }
 }
 
