@@ -38,4 +38,16 @@ pub enum Command {
     /// definition, an HTTP admin API for downlinks and updates, and a record of every uplink.
     /// Use it to try converters and settings without a ThingsBoard Edge.
     EdgeSim(tcp_integration::edge_sim::EdgeSimArgs),
+
+    /// The emulator and the integration in one process, set up as the user guide's example
+    /// (TEXT on device port 10560; --example json|binary for the others). Then send the
+    /// guide's uplinks, e.g.
+    ///
+    ///   echo -e 'SN-002,default,temperature,25.7\nSN-002,default,humidity,69' | nc -q1 -w1 127.0.0.1 10560
+    ///
+    /// and a downlink with `curl -XPOST 127.0.0.1:8081/downlink -d '{"deviceName":"SN-002","data":{"firmware":"1.2.3"}}'`.
+    Demo(tcp_integration::demo::DemoArgs),
+    /// Run a converter script on a payload and print the typed result or a clear error
+    /// (ThingsBoard's "Test decoder function" on the command line).
+    TestConverter(tcp_integration::convert::TestConverterArgs),
 }

@@ -16,6 +16,14 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Run(args) => run(&args),
         Command::EdgeSim(args) => edge_sim(args),
+        Command::Demo(args) => {
+            init_default_logging();
+            tcp_integration::demo::run(args)
+        }
+        Command::TestConverter(args) => {
+            let mut stdout = std::io::stdout().lock();
+            tcp_integration::convert::run_test_converter(&args, &mut stdout)
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,7 +71,5 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         service_id = %settings.rpc.service_id(),
         "effective settings (secret masked): {settings:?}"
     );
-    // Integration point: the server module replaces this line with
-    // `tcp_integration::server::run(settings)`.
-    Ok(())
+    tcp_integration::server::run(tcp_integration::server::ServerOptions::from_settings(&settings))
 }

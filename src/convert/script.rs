@@ -1,0 +1,506 @@
+//! The QuickJS side of a converter: one runtime + context per shard thread, the compiled
+//! `Decoder` / `Encoder` functions, the sandbox limits and the natives scripts may call.
+//!
+//! Invariants:
+//! * Scripts see plain ECMAScript plus `decodeToString`, `decodeToJson`, `atob`, `btoa` — no
+//!   files, network, environment, timers or module loader exist in this context.
+//! * Every call runs under a deadline (interrupt handler), a memory limit and a stack limit; an
+//!   interrupted or out-of-memory call rebuilds the runtime from the stored script bodies, so the
+//!   next call starts from a clean heap (a script may have filled globals before it was stopped).
+//! * Persistent handles are dropped before the context and runtime (field order below), because a
+//!   handle that outlives its runtime aborts the process in `JS_FreeRuntime`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rquickjs::context::EvalOptions;
+use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value, qjs};
+
+use super::{ConvertError, ScriptLimits};
+
+/// Source of the helpers the docs' converters define themselves; a script's own function
+/// declarations shadow these because they are hoisted inside the `Decoder` body. The work is
+/// done by QuickJS's C builtins (`String.fromCharCode`, `JSON.parse`), chunked so very long
+/// payloads stay under the engine's argument-count limit.
+const PRELUDE_JS: &str = r#"
+(function (g) {
+  function decodeToString(p) {
+    if (typeof p === 'string') return p;
+    var n = p.length;
+    if (n <= 8192) return String.fromCharCode.apply(String, p);
+    var s = '';
+    for (var i = 0; i < n; i += 8192) {
+      s += String.fromCharCode.apply(String, Array.prototype.slice.call(p, i, Math.min(n, i + 8192)));
+    }
+    return s;
+  }
+  function decodeToJson(p) { return JSON.parse(decodeToString(p)); }
+  Object.defineProperty(g, 'decodeToString', { value: decodeToString, writable: true, configurable: true });
+  Object.defineProperty(g, 'decodeToJson', { value: decodeToJson, writable: true, configurable: true });
+})(globalThis);
+"#;
+
+/// The signature line the decoder body is wrapped in (contract §4.1.2).
+const DECODER_HEAD: &str = "(function Decoder(payload, metadata) {\n";
+/// The signature line the encoder body is wrapped in (contract §4.2).
+const ENCODER_HEAD: &str = "(function Encoder(msg, metadata, msgType, integrationMetadata) {\n";
+const BODY_TAIL: &str = "\n})";
+
+/// Which compiled function a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptRole {
+    Decoder,
+    Encoder,
+}
+
+impl ScriptRole {
+    fn label(self) -> &'static str {
+        match self {
+            ScriptRole::Decoder => "decoder",
+            ScriptRole::Encoder => "encoder",
+        }
+    }
+}
+
+/// Deadline shared with the interrupt handler (same thread; `Rc<Cell>` is enough).
+#[derive(Default)]
+struct Deadline {
+    at: Cell<Option<Instant>>,
+    fired: Cell<bool>,
+}
+
+/// One QuickJS runtime with the compiled converter functions.
+pub(crate) struct ScriptEngine {
+    // Field order is drop order: handles first, then the context, then the runtime.
+    decoder: Option<Persistent<Function<'static>>>,
+    encoder: Option<Persistent<Function<'static>>>,
+    context: Context,
+    runtime: Runtime,
+    deadline: Rc<Deadline>,
+    limits: ScriptLimits,
+    decoder_body: Option<String>,
+    encoder_body: Option<String>,
+    /// Reused buffer of JS int values for the payload array.
+    payload_values: Vec<qjs::JSValue>,
+    /// Reused buffer of UTF-16 code units.
+    utf16: Vec<u16>,
+    /// How many times the runtime was rebuilt after a limit was hit.
+    nr_rebuilds: u64,
+}
+
+impl ScriptEngine {
+    pub(crate) fn new(limits: ScriptLimits) -> Result<ScriptEngine, ConvertError> {
+        let deadline = Rc::new(Deadline::default());
+        let (runtime, context) = build_runtime(&limits, &deadline)?;
+        Ok(ScriptEngine {
+            decoder: None,
+            encoder: None,
+            context,
+            runtime,
+            deadline,
+            limits,
+            decoder_body: None,
+            encoder_body: None,
+            payload_values: Vec::new(),
+            utf16: Vec::new(),
+            nr_rebuilds: 0,
+        })
+    }
+
+    pub(crate) fn limits(&self) -> &ScriptLimits {
+        &self.limits
+    }
+
+    pub(crate) fn nr_rebuilds(&self) -> u64 {
+        self.nr_rebuilds
+    }
+
+    /// Compiles (or with `None` removes) the decoder or encoder body.
+    pub(crate) fn set_script(
+        &mut self,
+        role: ScriptRole,
+        body: Option<&str>,
+    ) -> Result<(), ConvertError> {
+        let compiled = match body {
+            Some(body) => Some(self.compile(role, body)?),
+            None => None,
+        };
+        match role {
+            ScriptRole::Decoder => {
+                self.decoder = compiled;
+                self.decoder_body = body.map(str::to_string);
+            }
+            ScriptRole::Encoder => {
+                self.encoder = compiled;
+                self.encoder_body = body.map(str::to_string);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn has_script(&self, role: ScriptRole) -> bool {
+        match role {
+            ScriptRole::Decoder => self.decoder.is_some(),
+            ScriptRole::Encoder => self.encoder.is_some(),
+        }
+    }
+
+    fn compile(
+        &mut self,
+        role: ScriptRole,
+        body: &str,
+    ) -> Result<Persistent<Function<'static>>, ConvertError> {
+        let head = match role {
+            ScriptRole::Decoder => DECODER_HEAD,
+            ScriptRole::Encoder => ENCODER_HEAD,
+        };
+        let mut source = String::with_capacity(head.len() + body.len() + BODY_TAIL.len());
+        source.push_str(head);
+        source.push_str(body);
+        source.push_str(BODY_TAIL);
+        self.arm_deadline();
+        let result = self.context.with(|ctx| {
+            let mut options = EvalOptions::default();
+            options.strict = false;
+            options.filename = Some(role.label().to_string());
+            match ctx.eval_with_options::<Value, _>(source, options) {
+                Ok(value) => match value.into_function() {
+                    Some(f) => Ok(Persistent::save(&ctx, f)),
+                    None => Err(ConvertError::Compile {
+                        message: format!(
+                            "the {} script does not compile to a function body",
+                            role.label()
+                        ),
+                    }),
+                },
+                Err(err) => Err(match js_error(&ctx, err) {
+                    ConvertError::Script { message } => ConvertError::Compile { message },
+                    other => other,
+                }),
+            }
+        });
+        let fired = self.deadline.fired.get();
+        self.disarm_deadline();
+        let result = result.map_err(|e| self.with_limits(e, fired));
+        if matches!(
+            result,
+            Err(ConvertError::Timeout { .. } | ConvertError::OutOfMemory { .. })
+        ) {
+            self.rebuild()?;
+        }
+        result
+    }
+
+    /// Calls the decoder with `frame` as ThingsBoard's payload array and `metadata` as a fresh
+    /// object, and hands the returned value to `read` while still inside the context and under
+    /// the deadline (so getters in the result are limited too). `read` reports JS failures
+    /// through [`js_error`].
+    pub(crate) fn call_decoder<R>(
+        &mut self,
+        frame: &[u8],
+        metadata: &[(String, String)],
+        read: impl for<'js> FnOnce(&Ctx<'js>, Value<'js>) -> Result<R, ConvertError>,
+    ) -> Result<R, ConvertError> {
+        let Some(decoder) = self.decoder.clone() else {
+            return Err(ConvertError::NoConverter {
+                what: "uplink decoder",
+            });
+        };
+        fill_payload_values(frame, &mut self.utf16, &mut self.payload_values);
+        self.arm_deadline();
+        let values = &self.payload_values;
+        let result = self.context.with(|ctx| {
+            let outcome = (|| {
+                let f = decoder.restore(&ctx)?;
+                let payload = new_int_array(&ctx, values)?;
+                let meta = metadata_object(&ctx, metadata)?;
+                f.call::<_, Value>((payload, meta))
+            })();
+            match outcome {
+                Ok(value) => read(&ctx, value),
+                Err(err) => Err(js_error(&ctx, err)),
+            }
+        });
+        self.finish_call(result)
+    }
+
+    /// Calls the encoder with arguments built by `args` inside the context.
+    pub(crate) fn call_encoder<R>(
+        &mut self,
+        args: impl for<'js> FnOnce(&Ctx<'js>) -> rquickjs::Result<EncoderArgs<'js>>,
+        read: impl for<'js> FnOnce(&Ctx<'js>, Value<'js>) -> Result<R, ConvertError>,
+    ) -> Result<R, ConvertError> {
+        let Some(encoder) = self.encoder.clone() else {
+            return Err(ConvertError::NoConverter {
+                what: "downlink encoder",
+            });
+        };
+        self.arm_deadline();
+        let result = self.context.with(|ctx| {
+            let outcome = (|| {
+                let f = encoder.restore(&ctx)?;
+                let a = args(&ctx)?;
+                f.call::<_, Value>(a)
+            })();
+            match outcome {
+                Ok(value) => read(&ctx, value),
+                Err(err) => Err(js_error(&ctx, err)),
+            }
+        });
+        self.finish_call(result)
+    }
+
+    /// Names the limit that stopped a call, and rebuilds the runtime after a limit was hit.
+    fn finish_call<R>(&mut self, result: Result<R, ConvertError>) -> Result<R, ConvertError> {
+        let fired = self.deadline.fired.get();
+        self.disarm_deadline();
+        let result = result.map_err(|e| self.with_limits(e, fired));
+        if matches!(
+            result,
+            Err(ConvertError::Timeout { .. }
+                | ConvertError::OutOfMemory { .. }
+                | ConvertError::StackOverflow { .. })
+        ) {
+            // The error for this frame stands; a failed rebuild surfaces on the next call.
+            let _ = self.rebuild();
+        }
+        result
+    }
+
+    fn with_limits(&self, err: ConvertError, deadline_fired: bool) -> ConvertError {
+        if deadline_fired {
+            return ConvertError::Timeout {
+                limit: self.limits.call_timeout,
+            };
+        }
+        match err {
+            ConvertError::OutOfMemory { .. } => ConvertError::OutOfMemory {
+                limit_bytes: self.limits.memory_limit_bytes,
+            },
+            ConvertError::StackOverflow { .. } => ConvertError::StackOverflow {
+                limit_bytes: self.limits.stack_limit_bytes,
+            },
+            other => other,
+        }
+    }
+
+    fn arm_deadline(&self) {
+        self.deadline.fired.set(false);
+        self.deadline
+            .at
+            .set(Some(Instant::now() + self.limits.call_timeout));
+    }
+
+    fn disarm_deadline(&self) {
+        self.deadline.at.set(None);
+    }
+
+    /// Replaces the runtime with a fresh one and recompiles the stored bodies.
+    fn rebuild(&mut self) -> Result<(), ConvertError> {
+        self.decoder = None;
+        self.encoder = None;
+        let (runtime, context) = build_runtime(&self.limits, &self.deadline)?;
+        self.context = context;
+        self.runtime = runtime;
+        self.nr_rebuilds += 1;
+        if let Some(body) = self.decoder_body.clone() {
+            self.decoder = Some(self.compile(ScriptRole::Decoder, &body)?);
+        }
+        if let Some(body) = self.encoder_body.clone() {
+            self.encoder = Some(self.compile(ScriptRole::Encoder, &body)?);
+        }
+        Ok(())
+    }
+
+}
+
+fn build_runtime(
+    limits: &ScriptLimits,
+    deadline: &Rc<Deadline>,
+) -> Result<(Runtime, Context), ConvertError> {
+    let engine = |e: rquickjs::Error| ConvertError::Engine {
+        message: format!("cannot create the JavaScript runtime: {e}"),
+    };
+    let runtime = Runtime::new().map_err(engine)?;
+    runtime.set_memory_limit(limits.memory_limit_bytes);
+    runtime.set_max_stack_size(limits.stack_limit_bytes);
+    let watch = Rc::clone(deadline);
+    runtime.set_interrupt_handler(Some(Box::new(move || match watch.at.get() {
+        Some(at) if Instant::now() >= at => {
+            watch.fired.set(true);
+            true
+        }
+        _ => false,
+    })));
+    let context = Context::full(&runtime).map_err(engine)?;
+    context.with(|ctx| -> Result<(), ConvertError> {
+        let mut options = EvalOptions::default();
+        options.strict = false;
+        ctx.eval_with_options::<(), _>(PRELUDE_JS, options)
+            .map_err(engine)?;
+        let globals = ctx.globals();
+        globals
+            .set("atob", Function::new(ctx.clone(), js_atob).map_err(engine)?)
+            .map_err(engine)?;
+        globals
+            .set("btoa", Function::new(ctx.clone(), js_btoa).map_err(engine)?)
+            .map_err(engine)?;
+        Ok(())
+    })?;
+    Ok((runtime, context))
+}
+
+/// Browser `atob`: forgiving base64 (ASCII whitespace ignored, padding optional) to a string of
+/// Latin-1 characters, one per byte.
+fn js_atob<'js>(ctx: Ctx<'js>, input: rquickjs::Coerced<String>) -> rquickjs::Result<String> {
+    let cleaned: Vec<u8> = input
+        .0
+        .bytes()
+        .filter(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\x0c' | b'\r'))
+        .collect();
+    match FORGIVING_BASE64.decode(&cleaned) {
+        Ok(bytes) => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
+        Err(_) => Err(Exception::throw_dom(
+            &ctx,
+            "InvalidCharacterError",
+            "The string to be decoded is not correctly encoded.",
+        )),
+    }
+}
+
+/// Browser `btoa`: a string whose characters are all <= U+00FF, as Latin-1 bytes, to base64.
+fn js_btoa<'js>(ctx: Ctx<'js>, input: rquickjs::Coerced<String>) -> rquickjs::Result<String> {
+    let mut bytes = Vec::with_capacity(input.0.len());
+    for c in input.0.chars() {
+        let code = u32::from(c);
+        if code > 0xFF {
+            return Err(Exception::throw_dom(
+                &ctx,
+                "InvalidCharacterError",
+                "The string to be encoded contains characters outside of the Latin1 range.",
+            ));
+        }
+        bytes.push(code as u8);
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Base64 as browsers decode it: padding optional, non-zero trailing bits accepted.
+pub(crate) const FORGIVING_BASE64: base64::engine::GeneralPurpose =
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+
+/// ThingsBoard's payload: UTF-16 code units of the frame when it is valid UTF-8, raw byte values
+/// otherwise (contract §4.1.2), as JS int values ready for one `JS_NewArrayFrom`.
+fn fill_payload_values(frame: &[u8], utf16: &mut Vec<u16>, out: &mut Vec<qjs::JSValue>) {
+    out.clear();
+    out.reserve(frame.len());
+    let int = |v: i32| qjs::JS_MKVAL(qjs::JS_TAG_INT as i32, v);
+    if frame.is_ascii() {
+        out.extend(frame.iter().map(|&b| int(i32::from(b))));
+        return;
+    }
+    match std::str::from_utf8(frame) {
+        Ok(text) => {
+            utf16.clear();
+            utf16.extend(text.encode_utf16());
+            out.extend(utf16.iter().map(|&u| int(i32::from(u))));
+        }
+        Err(_) => out.extend(frame.iter().map(|&b| int(i32::from(b)))),
+    }
+}
+
+/// Builds a JS Array holding `values` in one native call (a fast array; `payload[i]`,
+/// `payload.length` and `String.fromCharCode.apply(String, payload)` work as on any array).
+fn new_int_array<'js>(ctx: &Ctx<'js>, values: &[qjs::JSValue]) -> rquickjs::Result<Value<'js>> {
+    let count = i32::try_from(values.len()).map_err(|_| rquickjs::Error::Allocation)?;
+    // SAFETY: the context pointer is live for 'js; the values are immediate ints (no reference
+    // counts), which JS_NewArrayFrom copies into the new array.
+    unsafe {
+        let raw = qjs::JS_NewArrayFrom(ctx.as_raw().as_ptr(), count, values.as_ptr());
+        if qjs::JS_IsException(raw) {
+            return Err(rquickjs::Error::Exception);
+        }
+        Ok(Value::from_raw(ctx.clone(), raw))
+    }
+}
+
+/// A fresh metadata object per call, so a script that writes to `metadata` cannot leak into
+/// the next frame.
+pub(crate) fn metadata_object<'js>(
+    ctx: &Ctx<'js>,
+    metadata: &[(String, String)],
+) -> rquickjs::Result<Object<'js>> {
+    let obj = Object::new(ctx.clone())?;
+    for (k, v) in metadata {
+        obj.set(k.as_str(), v.as_str())?;
+    }
+    Ok(obj)
+}
+
+/// Arguments of `Encoder(msg, metadata, msgType, integrationMetadata)`.
+pub(crate) type EncoderArgs<'js> = (Value<'js>, Value<'js>, Value<'js>, Value<'js>);
+
+/// Turns a failed JS operation into the error for this frame, taking the pending exception.
+/// Limits are filled in by the engine when the call ends (it knows them and the deadline).
+pub(crate) fn js_error(ctx: &Ctx<'_>, err: rquickjs::Error) -> ConvertError {
+    match err {
+        rquickjs::Error::Exception => {
+            let exception = ctx.catch();
+            let message = exception_text(&exception);
+            if exception.is_null() || message.starts_with("InternalError: out of memory") {
+                ConvertError::OutOfMemory { limit_bytes: 0 }
+            } else if message.contains("Maximum call stack size exceeded")
+                || message.starts_with("InternalError: stack overflow")
+            {
+                ConvertError::StackOverflow { limit_bytes: 0 }
+            } else {
+                ConvertError::Script { message }
+            }
+        }
+        rquickjs::Error::Allocation => ConvertError::OutOfMemory { limit_bytes: 0 },
+        other => ConvertError::Script {
+            message: other.to_string(),
+        },
+    }
+}
+
+/// `Name: message` plus the script frames of the stack, or the thrown value as text.
+pub(crate) fn exception_text(value: &Value<'_>) -> String {
+    if let Some(obj) = value.as_object() {
+        let name: Option<String> = obj.get("name").ok();
+        let message: Option<String> = obj.get("message").ok();
+        if name.is_some() || message.is_some() {
+            let mut text = match (name, message) {
+                (Some(n), Some(m)) if !m.is_empty() => format!("{n}: {m}"),
+                (Some(n), _) => n,
+                (None, Some(m)) => m,
+                (None, None) => String::new(),
+            };
+            if let Ok(stack) = obj.get::<_, String>("stack") {
+                let stack = stack.trim_end();
+                if !stack.is_empty() {
+                    text.push('\n');
+                    text.push_str(stack);
+                }
+            }
+            return text;
+        }
+    }
+    if let Some(s) = value.as_string().and_then(|s| s.to_string().ok()) {
+        return s;
+    }
+    match value.ctx().json_stringify(value.clone()) {
+        Ok(Some(s)) => s.to_string().unwrap_or_else(|_| "thrown value".to_string()),
+        _ => format!("thrown {}", value.type_name()),
+    }
+}
+
+/// Default per-call time limit: ThingsBoard's own JS sandbox allows a similar order.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
