@@ -36,7 +36,10 @@ fn append_range(spool: &mut Spool, first: u64, last: u64, batch: u64) {
         let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let outcome = spool.append_batch(&refs).expect("append");
         assert_eq!((outcome.first_seq, outcome.last_seq), (seq, end));
-        assert_eq!((outcome.nr_dropped_records, outcome.nr_dropped_bytes), (0, 0));
+        assert_eq!(
+            (outcome.nr_dropped_records, outcome.nr_dropped_bytes),
+            (0, 0)
+        );
         seq = end + 1;
     }
 }
@@ -84,7 +87,11 @@ fn round_trip_across_rotation_and_reopen() {
     // Segment 1..=10 is fully acknowledged and gone; 11..=20 still holds 13..=20.
     assert_eq!(
         segment_names(dir.path()),
-        ["00000000000000000011.seg", "00000000000000000021.seg", "00000000000000000031.seg"]
+        [
+            "00000000000000000011.seg",
+            "00000000000000000021.seg",
+            "00000000000000000031.seg"
+        ]
     );
     let stats = spool.stats();
     assert_eq!(stats.nr_pending_records, 23);
@@ -102,7 +109,10 @@ fn round_trip_across_rotation_and_reopen() {
 
     // New appends continue the numbering in a new segment, and read after the replayed ones.
     append_range(&mut spool, 36, 40, 5);
-    assert_eq!(segment_names(dir.path()).last().map(String::as_str), Some("00000000000000000036.seg"));
+    assert_eq!(
+        segment_names(dir.path()).last().map(String::as_str),
+        Some("00000000000000000036.seg")
+    );
     assert_eq!(read_all(&mut spool), expected(36..=40));
 
     spool.rewind_to_acked();
@@ -128,10 +138,18 @@ fn memory_tail_and_disk_reads_return_the_same_records() {
         let (mut spool, _) = Spool::open(options(dir.path(), memory_tail_bytes)).expect("open");
         append_range(&mut spool, 1, 23, 4);
         let got = read_all(&mut spool);
-        assert_eq!(got, expected(1..=23), "memory_tail_bytes = {memory_tail_bytes}");
+        assert_eq!(
+            got,
+            expected(1..=23),
+            "memory_tail_bytes = {memory_tail_bytes}"
+        );
         spool.ack_through(9).expect("ack");
         spool.rewind_to_acked();
-        assert_eq!(read_all(&mut spool), expected(10..=23), "memory_tail_bytes = {memory_tail_bytes}");
+        assert_eq!(
+            read_all(&mut spool),
+            expected(10..=23),
+            "memory_tail_bytes = {memory_tail_bytes}"
+        );
     }
 }
 
@@ -152,7 +170,13 @@ fn reopen_resumes_at_first_unacked_record_in_order() {
     let (mut spool, report) = Spool::open(options(dir.path(), 1 << 20)).expect("reopen");
     assert_eq!(report.first_unacked_seq, 10);
     let stats = spool.stats();
-    assert_eq!((stats.nr_replay_total_records, stats.nr_replay_remaining_records), (18, 18));
+    assert_eq!(
+        (
+            stats.nr_replay_total_records,
+            stats.nr_replay_remaining_records
+        ),
+        (18, 18)
+    );
     let mut out = Vec::new();
     spool.read_next(4, usize::MAX, &mut out).expect("read");
     assert_eq!(out, expected(10..=13));
@@ -211,7 +235,10 @@ fn stats_report_pending_age_and_bytes() {
     assert_eq!(stats.nr_pending_records, 12);
     assert_eq!(stats.disk_bytes, (8 + 6 * 35) * 2);
     assert_eq!(stats.nr_segments, 2);
-    assert_eq!((stats.first_unacked_seq, stats.read_seq, stats.next_seq), (1, 1, 13));
+    assert_eq!(
+        (stats.first_unacked_seq, stats.read_seq, stats.next_seq),
+        (1, 1, 13)
+    );
     assert!(stats.oldest_pending_age.is_some());
     spool.ack_through(12).expect("ack");
     assert_eq!(spool.stats().oldest_pending_age, None);
@@ -224,7 +251,10 @@ fn ack_past_the_end_is_refused() {
     append_range(&mut spool, 1, 3, 3);
     assert!(matches!(
         spool.ack_through(4),
-        Err(SpoolError::AckBeyondEnd { seq: 4, last_seq: 3 })
+        Err(SpoolError::AckBeyondEnd {
+            seq: 4,
+            last_seq: 3
+        })
     ));
     spool.ack_through(2).expect("ack");
     spool.ack_through(1).expect("stale ack is a no-op");

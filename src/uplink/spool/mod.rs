@@ -11,7 +11,9 @@
 //!
 //! # Sequence numbers and cursors
 //! Records get sequence numbers 1, 2, 3… that strictly increase and are never reused, also across
-//! restarts (the state file keeps a floor). Two positions move independently:
+//! restarts: the state file keeps a floor, refreshed with the ack position, by `tick` and on
+//! close. (After a crash, numbers of records that were lost in a torn tail and never reached the
+//! state file may be handed out again; no record carrying them exists any more.) Two positions move independently:
 //! * the **ack position** (`first_unacked_seq`), advanced by [`Spool::ack_through`] in order;
 //! * the **read cursor**, advanced by [`Spool::read_next`] and reset to the ack position by
 //!   [`Spool::rewind_to_acked`] (on reconnect) and by [`Spool::open`] (replay).
@@ -302,7 +304,8 @@ pub struct Spool {
     unsynced: bool,
     dir_unsynced: bool,
     last_sync: Instant,
-    state_dirty: bool,
+    /// What the state file holds now; it is stale when this differs from the live position.
+    persisted: SpoolState,
     last_state_write: Instant,
     dead_letter: DeadLetterFile,
     replay_end_seq: u64,
@@ -436,7 +439,10 @@ impl Spool {
             unsynced: false,
             dir_unsynced: report.nr_segments_removed > 0,
             last_sync: now,
-            state_dirty: false,
+            persisted: SpoolState {
+                first_unacked_seq: 0,
+                next_seq_floor: 0,
+            },
             last_state_write: now,
             replay_end_seq: next_seq,
             nr_replay_total_records: 0,
@@ -655,7 +661,6 @@ impl Spool {
         {
             self.pop_tail_front();
         }
-        self.state_dirty = true;
         if self.delete_acked_segments()? == 0
             && self.last_state_write.elapsed() >= self.options.ack_persist_interval
         {
@@ -677,7 +682,8 @@ impl Spool {
         {
             self.sync_data()?;
         }
-        if self.state_dirty && self.last_state_write.elapsed() >= self.options.ack_persist_interval
+        if self.state_stale()
+            && self.last_state_write.elapsed() >= self.options.ack_persist_interval
         {
             self.persist_state()?;
         }
@@ -691,7 +697,7 @@ impl Spool {
         if self.options.fsync != FsyncPolicy::Never {
             self.sync_data()?;
         }
-        if self.state_dirty {
+        if self.state_stale() {
             self.persist_state()?;
         }
         Ok(())
@@ -785,15 +791,23 @@ impl Spool {
         seg.locate(seq).map(|e| e.ts_ms)
     }
 
-    fn persist_state(&mut self) -> Result<(), SpoolError> {
-        let state = SpoolState {
+    fn live_state(&self) -> SpoolState {
+        SpoolState {
             first_unacked_seq: self.first_unacked_seq,
             next_seq_floor: self.next_seq,
-        };
+        }
+    }
+
+    fn state_stale(&self) -> bool {
+        self.persisted != self.live_state()
+    }
+
+    fn persist_state(&mut self) -> Result<(), SpoolError> {
+        let state = self.live_state();
         let durable = self.options.fsync != FsyncPolicy::Never;
         state::store_state(&self.options.dir, &state, durable)
             .map_err(io_err(&self.options.dir))?;
-        self.state_dirty = false;
+        self.persisted = state;
         self.last_state_write = Instant::now();
         Ok(())
     }
