@@ -31,7 +31,10 @@ fn options(dir: &Path, full_policy: FullPolicy) -> SpoolOptions {
     }
 }
 
-fn append_five(spool: &mut Spool, first: u64) -> Result<tcp_integration::uplink::spool::AppendOutcome, SpoolError> {
+fn append_five(
+    spool: &mut Spool,
+    first: u64,
+) -> Result<tcp_integration::uplink::spool::AppendOutcome, SpoolError> {
     let owned: Vec<Vec<u8>> = (first..first + 5).map(payload).collect();
     let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
     spool.append_batch(&refs)
@@ -58,25 +61,40 @@ fn backpressure_returns_full_and_loses_nothing() {
     assert!(!spool.has_room_for(batch_bytes));
 
     match append_five(&mut spool, 11) {
-        Err(SpoolError::Full { need_bytes, free_bytes, max_bytes }) => {
+        Err(SpoolError::Full {
+            need_bytes,
+            free_bytes,
+            max_bytes,
+        }) => {
             assert_eq!((need_bytes, free_bytes, max_bytes), (183, 400 - 366, 400));
         }
         other => panic!("expected Full, got {other:?}"),
     }
     let stats = spool.stats();
     assert_eq!(stats.nr_full_rejections, 1);
-    assert_eq!((stats.next_seq, stats.nr_pending_records, stats.disk_bytes), (11, 10, 366));
+    assert_eq!(
+        (stats.next_seq, stats.nr_pending_records, stats.disk_bytes),
+        (11, 10, 366)
+    );
     assert_eq!(read_all(&mut spool), expected(1..=10));
 
     // Acking the first segment frees room; the refused batch now goes in with the next numbers.
     spool.ack_through(5).expect("ack");
     assert!(spool.has_room_for(batch_bytes));
     let outcome = append_five(&mut spool, 11).expect("append after ack");
-    assert_eq!((outcome.first_seq, outcome.last_seq, outcome.nr_dropped_records), (11, 15, 0));
+    assert_eq!(
+        (
+            outcome.first_seq,
+            outcome.last_seq,
+            outcome.nr_dropped_records
+        ),
+        (11, 15, 0)
+    );
     assert_eq!(read_all(&mut spool), expected(11..=15));
     drop(spool);
 
-    let (mut spool, report) = Spool::open(options(dir.path(), FullPolicy::Backpressure)).expect("reopen");
+    let (mut spool, report) =
+        Spool::open(options(dir.path(), FullPolicy::Backpressure)).expect("reopen");
     assert_eq!(report.nr_pending_records, 10);
     assert_eq!(read_all(&mut spool), expected(6..=15));
 }
@@ -111,19 +129,33 @@ fn drop_oldest_drops_whole_segments_and_counts_them() {
     // Segment 1..=5 goes; 3, 4, 5 were unacknowledged: 3 records of 35 bytes.
     let outcome = append_five(&mut spool, 11).expect("append 3");
     assert_eq!((outcome.first_seq, outcome.last_seq), (11, 15));
-    assert_eq!((outcome.nr_dropped_records, outcome.nr_dropped_bytes), (3, 105));
+    assert_eq!(
+        (outcome.nr_dropped_records, outcome.nr_dropped_bytes),
+        (3, 105)
+    );
     // Then segment 6..=10, untouched: 5 records, 175 bytes.
     let outcome = append_five(&mut spool, 16).expect("append 4");
-    assert_eq!((outcome.nr_dropped_records, outcome.nr_dropped_bytes), (5, 175));
+    assert_eq!(
+        (outcome.nr_dropped_records, outcome.nr_dropped_bytes),
+        (5, 175)
+    );
 
     let stats = spool.stats();
     assert_eq!((stats.nr_dropped_records, stats.nr_dropped_bytes), (8, 280));
-    assert_eq!((stats.first_unacked_seq, stats.nr_pending_records, stats.disk_bytes), (11, 10, 366));
+    assert_eq!(
+        (
+            stats.first_unacked_seq,
+            stats.nr_pending_records,
+            stats.disk_bytes
+        ),
+        (11, 10, 366)
+    );
     // The read cursor (at 4) jumped past the dropped records.
     assert_eq!(read_all(&mut spool), expected(11..=20));
     drop(spool);
 
-    let (mut spool, report) = Spool::open(options(dir.path(), FullPolicy::DropOldest)).expect("reopen");
+    let (mut spool, report) =
+        Spool::open(options(dir.path(), FullPolicy::DropOldest)).expect("reopen");
     assert_eq!(report.first_unacked_seq, 11);
     assert_eq!(read_all(&mut spool), expected(11..=20));
 }
@@ -136,7 +168,10 @@ fn batch_that_can_never_fit_is_refused_under_both_policies() {
         append_five(&mut spool, 1).expect("append");
         let big = vec![7u8; 400];
         match spool.append_batch(&[big.as_slice()]) {
-            Err(SpoolError::BatchTooLarge { need_bytes, max_bytes }) => {
+            Err(SpoolError::BatchTooLarge {
+                need_bytes,
+                max_bytes,
+            }) => {
                 assert_eq!((need_bytes, max_bytes), (8 + 24 + 400, 400));
             }
             other => panic!("expected BatchTooLarge, got {other:?}"),

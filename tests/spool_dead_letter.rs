@@ -22,13 +22,19 @@ fn dead_letter_file_holds_error_and_records() {
     let (mut spool, _) = Spool::open(options).expect("open");
     let first: &[u8] = b"\x0a\x03dev\x12\x00";
     let second: &[u8] = &[0x00, 0xff, 0x10];
-    spool.dead_letter(&[first, second], "device \"dev\" unknown\nrejected").expect("dead letter");
-    spool.dead_letter(&[b"third".as_slice()], "quota").expect("dead letter 2");
+    spool
+        .dead_letter(&[first, second], "device \"dev\" unknown\nrejected")
+        .expect("dead letter");
+    spool
+        .dead_letter(&[b"third".as_slice()], "quota")
+        .expect("dead letter 2");
     assert_eq!(spool.stats().nr_dead_letter_records, 3);
 
     let text = std::fs::read_to_string(dir.path().join("dead-letter.jsonl")).expect("read");
-    let lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(lines.len(), 3);
     let expect = [
         (first, "device \"dev\" unknown\nrejected"),

@@ -13,7 +13,10 @@ use tcp_integration::uplink::spool::{FsyncPolicy, FullPolicy, Spool, SpoolOption
 enum Op {
     /// Record lengths of one batch.
     Append(Vec<usize>),
-    Read { max_records: usize, max_bytes: usize },
+    Read {
+        max_records: usize,
+        max_bytes: usize,
+    },
     /// Ack through the pending record at this index (modulo the number pending).
     Ack(usize),
     Rewind,
@@ -58,7 +61,11 @@ fn run(ops: Vec<Op>, segment_bytes: u64, memory_tail_bytes: usize) -> Result<(),
         ack_persist_interval: Duration::ZERO,
     };
     let (mut spool, _) = Spool::open(options.clone()).expect("open");
-    let mut model = Model { pending: VecDeque::new(), read_pos: 0, next_seq: 1 };
+    let mut model = Model {
+        pending: VecDeque::new(),
+        read_pos: 0,
+        next_seq: 1,
+    };
 
     for op in ops {
         match op {
@@ -72,21 +79,33 @@ fn run(ops: Vec<Op>, segment_bytes: u64, memory_tail_bytes: usize) -> Result<(),
                 let outcome = spool.append_batch(&refs).expect("append");
                 prop_assert_eq!(outcome.first_seq, model.next_seq);
                 for (i, record) in owned.into_iter().enumerate() {
-                    model.pending.push_back((outcome.first_seq + i as u64, Bytes::from(record)));
+                    model
+                        .pending
+                        .push_back((outcome.first_seq + i as u64, Bytes::from(record)));
                 }
                 model.next_seq = outcome.last_seq + 1;
             }
-            Op::Read { max_records, max_bytes } => {
+            Op::Read {
+                max_records,
+                max_bytes,
+            } => {
                 let mut out = Vec::new();
-                let n = spool.read_next(max_records, max_bytes, &mut out).expect("read");
+                let n = spool
+                    .read_next(max_records, max_bytes, &mut out)
+                    .expect("read");
                 prop_assert_eq!(n, out.len());
                 let available = model.pending.len() - model.read_pos;
                 prop_assert!(n <= max_records.min(available));
                 if available > 0 {
                     prop_assert!(n >= 1);
                 }
-                let expect: Vec<(u64, Bytes)> =
-                    model.pending.iter().skip(model.read_pos).take(n).cloned().collect();
+                let expect: Vec<(u64, Bytes)> = model
+                    .pending
+                    .iter()
+                    .skip(model.read_pos)
+                    .take(n)
+                    .cloned()
+                    .collect();
                 prop_assert_eq!(&out, &expect);
                 let bytes: usize = out.iter().map(|(_, b)| b.len()).sum();
                 prop_assert!(n <= 1 || bytes <= max_bytes);

@@ -554,11 +554,18 @@ impl Spool {
             if undone.is_err() {
                 self.poisoned = true;
             }
+            let path = meta.path.clone();
             self.writer = None;
-            return Err(SpoolError::Io {
-                path: meta.path.clone(),
-                source,
-            });
+            // A reader may have buffered bytes of the failed write.
+            self.cursor = None;
+            if meta.nr_records == 0 {
+                // A segment this batch started: forget it so the retry can create it afresh.
+                self.segments.pop_back();
+                if fs::remove_file(&path).is_err() {
+                    self.poisoned = true;
+                }
+            }
+            return Err(SpoolError::Io { path, source });
         }
         for (i, at) in offsets.iter().enumerate() {
             meta.note_record(first_seq + i as u64, base_offset + *at as u64, ts_ms);
