@@ -1,1 +1,0 @@
-//! placeholder: the durable uplink spool (spool issue).
