@@ -210,7 +210,7 @@ impl ServerOptions {
             reconnect_base: rpc.reconnect_base,
             reconnect_max: (rpc.reconnect_base * 20).max(std::time::Duration::from_secs(60)),
         };
-        let spool = crate::uplink::spool::SpoolOptions::from_settings(&settings.spool);
+        let spool = spool_options(&settings.spool);
         let uplink = UplinkCoreOptions {
             session,
             spool,
@@ -253,3 +253,18 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the kernel per device socket read: large enough for a burst of small frames
 /// from a batching device, small enough to keep one read's records a modest channel message.
 pub const READ_BYTES: usize = 16 * 1024;
+
+/// The spool's options from the validated settings.
+fn spool_options(settings: &crate::config::local::SpoolSettings) -> crate::uplink::spool::SpoolOptions {
+    use crate::config::local::SpoolFullPolicy;
+    use crate::uplink::spool::{FullPolicy, SpoolOptions};
+    SpoolOptions {
+        max_bytes: settings.max_bytes,
+        fsync: settings.fsync,
+        full_policy: match settings.full_policy {
+            SpoolFullPolicy::Backpressure => FullPolicy::Backpressure,
+            SpoolFullPolicy::DropOldest => FullPolicy::DropOldest,
+        },
+        ..SpoolOptions::new(&settings.dir)
+    }
+}

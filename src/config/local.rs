@@ -216,15 +216,7 @@ pub enum SpoolFsyncMode {
 }
 
 /// When the spool fsyncs appended records (validated, with the interval).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Before a record counts as accepted.
-    Every,
-    /// At most this long after a record was appended.
-    Interval(Duration),
-    /// Left to the kernel.
-    Never,
-}
+pub use crate::uplink::spool::FsyncPolicy;
 
 /// What the spool does when it reaches `spool.max_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
-use glommio::task::Task;
+use glommio::Task;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -65,7 +65,7 @@ pub(super) struct Shard {
     pub index: usize,
     pub settings: Rc<ShardSettings>,
     pub runtime: RefCell<ConverterRuntime>,
-    pub conns: RefCell<HashMap<u64, LocalSender<ConnCommand>>>,
+    pub conns: RefCell<HashMap<u64, Rc<LocalSender<ConnCommand>>>>,
     pub open_connections: Cell<usize>,
     next_conn_id: Cell<u64>,
     pub records: mpsc::Sender<RecordBatch>,
@@ -336,7 +336,7 @@ async fn accept_loop(shard: Rc<Shard>, config: Arc<ServingConfig>) {
         }
         let conn_id = shard.new_conn_id();
         let (sender, receiver) = local_channel::new_bounded(CONN_COMMANDS_MAX);
-        shard.conns.borrow_mut().insert(conn_id, sender);
+        shard.conns.borrow_mut().insert(conn_id, Rc::new(sender));
         glommio::spawn_local(connection::serve(
             shard.clone(),
             config.clone(),

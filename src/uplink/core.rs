@@ -171,7 +171,7 @@ pub async fn run(
     } = channels;
     let (spool, report) = Spool::open(options.spool.clone())?;
     tracing::info!(?report, "spool opened");
-    let unsent = spool.stats().pending_records;
+    let unsent = spool.stats().nr_pending_records;
     let (session, mut session_events) = session::spawn(options.session.clone());
     let mut core = Core {
         router: Router::new(options.downlink_hold_max, options.downlink_hold_for),
@@ -264,8 +264,8 @@ impl Core {
                 self.apply_integration(integration);
                 let stats = self.spool.stats();
                 tracing::info!(
-                    pending_records = stats.pending_records,
-                    spool_bytes = stats.bytes_on_disk,
+                    pending_records = stats.nr_pending_records,
+                    spool_bytes = stats.disk_bytes,
                     "connected to ThingsBoard; sending from the first unacknowledged record"
                 );
             }
@@ -301,7 +301,7 @@ impl Core {
         self.in_flight.clear();
         self.in_flight_records = 0;
         self.spool.rewind_to_acked();
-        self.unsent = self.spool.stats().pending_records;
+        self.unsent = self.spool.stats().nr_pending_records;
         self.unsent_since = (self.unsent > 0).then(Instant::now);
         metrics::set_gauge(Gauge::BatchesInFlight, 0);
     }
@@ -416,10 +416,10 @@ impl Core {
             Ok(outcome) => {
                 let appended = slices.len() as u64;
                 metrics::add(Counter::RecordsSpooled, appended);
-                if outcome.dropped_records > 0 {
-                    metrics::add(Counter::RecordsDroppedSpoolFull, outcome.dropped_records);
+                if outcome.nr_dropped_records > 0 {
+                    metrics::add(Counter::RecordsDroppedSpoolFull, outcome.nr_dropped_records);
                     // Dropped records may have been unsent ones.
-                    self.unsent = self.spool.stats().pending_records.saturating_sub(self.in_flight_records);
+                    self.unsent = self.spool.stats().nr_pending_records.saturating_sub(self.in_flight_records);
                 }
                 if self.unsent == 0 {
                     self.unsent_since = Some(Instant::now());
@@ -505,8 +505,8 @@ impl Core {
             self.on_records(overflow);
         }
         let stats = self.spool.stats();
-        metrics::set_gauge(Gauge::SpoolBytes, stats.bytes_on_disk as i64);
-        metrics::set_gauge(Gauge::SpoolPendingRecords, stats.pending_records as i64);
+        metrics::set_gauge(Gauge::SpoolBytes, stats.disk_bytes as i64);
+        metrics::set_gauge(Gauge::SpoolPendingRecords, stats.nr_pending_records as i64);
         metrics::set_gauge(
             Gauge::SpoolOldestPendingAgeMs,
             stats.oldest_pending_age.map_or(0, |d| d.as_millis() as i64),
