@@ -128,7 +128,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "tcp-integration demo ({:?} example): devices connect to TCP port {port}; \
          admin API on http://{} (POST /downlink, GET /devices). Ctrl-C stops.",
         args.example,
-        edge.http_addr().map_or_else(|| args.http.to_string(), |a| a.to_string()),
+        edge.http_addr()
+            .map_or_else(|| args.http.to_string(), |a| a.to_string()),
     );
     let mut records = edge.subscribe();
     let outcome = runtime.block_on(async {
@@ -160,7 +161,11 @@ pub fn describe_record(record: &Record) -> String {
         EntityKind::Device => "device",
         EntityKind::Asset => "asset",
     };
-    let _ = write!(line, "{entity} {} (type {})", record.name, record.entity_type);
+    let _ = write!(
+        line,
+        "{entity} {} (type {})",
+        record.name, record.entity_type
+    );
     for entry in &record.telemetry {
         let _ = write!(line, " telemetry@{}:", entry.ts);
         for (key, value) in &entry.values.0 {

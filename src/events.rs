@@ -161,7 +161,11 @@ pub struct BatchRejected<'a> {
 impl BatchRejected<'_> {
     pub fn emit(self) {
         metrics::add(Counter::RecordsRejected, self.records as u64);
-        tracing::error!(records = self.records, "ThingsBoard rejected a batch (kept in the dead-letter file): {}", self.error_msg);
+        tracing::error!(
+            records = self.records,
+            "ThingsBoard rejected a batch (kept in the dead-letter file): {}",
+            self.error_msg
+        );
     }
 }
 
@@ -174,8 +178,11 @@ pub struct AckTimedOut {
 impl AckTimedOut {
     pub fn emit(self) {
         metrics::inc(Counter::AckTimeouts);
-        tracing::warn!(records = self.records, waited_ms = self.waited_ms,
-            "no acknowledgement from ThingsBoard in time; reconnecting and resending from the first unacknowledged record");
+        tracing::warn!(
+            records = self.records,
+            waited_ms = self.waited_ms,
+            "no acknowledgement from ThingsBoard in time; reconnecting and resending from the first unacknowledged record"
+        );
     }
 }
 
@@ -188,7 +195,11 @@ pub struct ConfigRejected<'a, E: Display> {
 impl<E: Display> ConfigRejected<'_, E> {
     pub fn emit(self) {
         metrics::inc(Counter::ConfigErrors);
-        tracing::error!(what = self.what, "configuration from ThingsBoard not applied: {}", self.error);
+        tracing::error!(
+            what = self.what,
+            "configuration from ThingsBoard not applied: {}",
+            self.error
+        );
     }
 }
 

@@ -8,14 +8,14 @@
 
 pub mod config;
 pub mod convert;
-pub mod edge_sim;
-pub mod framing;
-pub mod proto;
-pub mod uplink;
+pub mod demo;
 pub mod downlink;
+pub mod edge_sim;
 pub mod events;
+pub mod framing;
 pub mod metrics;
 pub mod net;
+pub mod proto;
 pub mod server;
 pub mod shard;
-pub mod demo;
+pub mod uplink;

@@ -38,7 +38,9 @@ fn main() -> ExitCode {
 /// Logging for the subcommands without settings: RUST_LOG, else `info`, to stderr.
 fn init_default_logging() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
 }
@@ -71,5 +73,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         service_id = %settings.rpc.service_id(),
         "effective settings (secret masked): {settings:?}"
     );
-    tcp_integration::server::run(tcp_integration::server::ServerOptions::from_settings(&settings))
+    tcp_integration::server::run(tcp_integration::server::ServerOptions::from_settings(
+        &settings,
+    ))
 }

@@ -128,7 +128,12 @@ mod tests {
         inc(Counter::AckTimeouts);
         let text = render_prometheus();
         for &c in Counter::ALL {
-            assert_eq!(text.matches(&format!("\n{} ", c.name())).count(), 1, "{}", c.name());
+            assert_eq!(
+                text.matches(&format!("\n{} ", c.name())).count(),
+                1,
+                "{}",
+                c.name()
+            );
         }
         assert!(text.contains("# TYPE tcpi_spool_bytes gauge"));
     }

@@ -174,7 +174,11 @@ pub fn pin_current_thread(core: usize) {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if result != 0 {
-        tracing::warn!(core, "cannot pin thread to core {core}: {}; running unpinned", std::io::Error::last_os_error());
+        tracing::warn!(
+            core,
+            "cannot pin thread to core {core}: {}; running unpinned",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -190,11 +194,13 @@ impl ServerOptions {
             .or(settings.shards.shard_cores.as_ref().map(Vec::len))
             .unwrap_or(cores.saturating_sub(1))
             .max(1);
-        let shard_cores = settings
-            .shards
-            .shard_cores
-            .clone()
-            .unwrap_or_else(|| if cores > 1 { (0..nr_shards.min(cores)).collect() } else { Vec::new() });
+        let shard_cores = settings.shards.shard_cores.clone().unwrap_or_else(|| {
+            if cores > 1 {
+                (0..nr_shards.min(cores)).collect()
+            } else {
+                Vec::new()
+            }
+        });
         let uplink_core = settings
             .shards
             .uplink_core
@@ -206,7 +212,9 @@ impl ServerOptions {
             secret: rpc.secret.expose().to_owned(),
             service_id: rpc.service_id(),
             tls_ca_pem: rpc.ssl_cert.clone(),
-            keepalive: rpc.keep_alive.unwrap_or(crate::uplink::session::MIN_KEEPALIVE),
+            keepalive: rpc
+                .keep_alive
+                .unwrap_or(crate::uplink::session::MIN_KEEPALIVE),
             reconnect_base: rpc.reconnect_base,
             reconnect_max: (rpc.reconnect_base * 20).max(std::time::Duration::from_secs(60)),
         };
@@ -255,7 +263,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_BYTES: usize = 16 * 1024;
 
 /// The spool's options from the validated settings.
-fn spool_options(settings: &crate::config::local::SpoolSettings) -> crate::uplink::spool::SpoolOptions {
+fn spool_options(
+    settings: &crate::config::local::SpoolSettings,
+) -> crate::uplink::spool::SpoolOptions {
     use crate::config::local::SpoolFullPolicy;
     use crate::uplink::spool::{FullPolicy, SpoolOptions};
     SpoolOptions {
@@ -265,6 +275,9 @@ fn spool_options(settings: &crate::config::local::SpoolSettings) -> crate::uplin
             SpoolFullPolicy::Backpressure => FullPolicy::Backpressure,
             SpoolFullPolicy::DropOldest => FullPolicy::DropOldest,
         },
+        // Several segments per spool, so acknowledged ones are deleted while newer ones fill.
+        segment_bytes: (settings.max_bytes / 8)
+            .clamp(4096, crate::uplink::spool::DEFAULT_SEGMENT_BYTES),
         ..SpoolOptions::new(&settings.dir)
     }
 }

@@ -34,7 +34,10 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
     let mut blocked_since: Option<Instant> = None;
     let deadline = Instant::now() + PATIENCE * 2;
     loop {
-        assert!(Instant::now() < deadline, "device writes never blocked (sent {sent} frames)");
+        assert!(
+            Instant::now() < deadline,
+            "device writes never blocked (sent {sent} frames)"
+        );
         if pending.is_empty() {
             pending = format!("SN-BP,default,seq,{sent}\n").into_bytes();
             sent += 1;
@@ -56,7 +59,10 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
     }
     // Finish the partially written frame once acknowledgements resume.
     let spool_bytes = metrics::gauge(Gauge::SpoolBytes);
-    assert!(spool_bytes <= 2 * 65536, "spool grew past its bound: {spool_bytes}");
+    assert!(
+        spool_bytes <= 2 * 65536,
+        "spool grew past its bound: {spool_bytes}"
+    );
     h.edge().set_ack_paused(false);
     device.set_nonblocking(false).unwrap();
     device.write_all(&pending).unwrap();

@@ -47,7 +47,10 @@ fn downlink_waits_for_next_uplink() {
 fn wait_closed(before: u64, n: u64) {
     let deadline = std::time::Instant::now() + PATIENCE;
     while metrics::get(Counter::ConnectionsClosed) < before + n {
-        assert!(std::time::Instant::now() < deadline, "server never saw the close");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never saw the close"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -62,7 +65,10 @@ fn device_reconnecting_on_another_shard_still_gets_its_downlink() {
     let mut uplinks = 0;
     for round in 0..6 {
         let mut conn = h.connect();
-        send(&mut conn, format!("SN-MOVE,default,round,{round}\n").as_bytes());
+        send(
+            &mut conn,
+            format!("SN-MOVE,default,round,{round}\n").as_bytes(),
+        );
         uplinks += 1;
         h.wait_records(uplinks);
         let closed = metrics::get(Counter::ConnectionsClosed);
@@ -70,10 +76,16 @@ fn device_reconnecting_on_another_shard_still_gets_its_downlink() {
         wait_closed(closed, 1);
         // Held: the device has no live connection now.
         let firmware = format!(r#"{{"firmware":"{round}"}}"#);
-        h.downlink("SN-MOVE", serde_json::json!({ "firmware": round.to_string() }));
+        h.downlink(
+            "SN-MOVE",
+            serde_json::json!({ "firmware": round.to_string() }),
+        );
         std::thread::sleep(Duration::from_millis(20));
         let mut again = h.connect();
-        send(&mut again, format!("SN-MOVE,default,round,{round}\n").as_bytes());
+        send(
+            &mut again,
+            format!("SN-MOVE,default,round,{round}\n").as_bytes(),
+        );
         uplinks += 1;
         let bytes = read_exact_within(&mut again, firmware.len() + 1);
         assert_eq!(bytes, format!("{firmware}\n").as_bytes(), "round {round}");
@@ -84,12 +96,19 @@ fn device_reconnecting_on_another_shard_still_gets_its_downlink() {
 #[test]
 fn held_downlinks_expire_as_configured() {
     let port = reserve_port();
-    let h = Harness::start(text_example(port.port), port, &[("TCPI_DOWNLINK_HOLD_SECS", "1")]);
+    let h = Harness::start(
+        text_example(port.port),
+        port,
+        &[("TCPI_DOWNLINK_HOLD_SECS", "1")],
+    );
     let before = metrics::get(Counter::DownlinksExpired);
     h.downlink("SN-GONE", serde_json::json!({"firmware": "1.2.3"}));
     let deadline = std::time::Instant::now() + PATIENCE;
     while metrics::get(Counter::DownlinksExpired) == before {
-        assert!(std::time::Instant::now() < deadline, "held downlink never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "held downlink never expired"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut device = h.connect();
@@ -101,7 +120,11 @@ fn held_downlinks_expire_as_configured() {
 #[test]
 fn downlink_suffix_none_writes_exact_encoder_bytes() {
     let port = reserve_port();
-    let h = Harness::start(text_example(port.port), port, &[("TCPI_DOWNLINK_SUFFIX", "none")]);
+    let h = Harness::start(
+        text_example(port.port),
+        port,
+        &[("TCPI_DOWNLINK_SUFFIX", "none")],
+    );
     let mut device = h.connect();
     send(&mut device, b"SN-004,default,temperature,25.7\n");
     h.wait_records(1);

@@ -34,7 +34,10 @@ fn converter_update_keeps_connections_and_uses_the_new_script() {
         let records = h.wait_records(n);
         let last = records.last().unwrap();
         if last.entity_type == "updated" {
-            assert_eq!(latest(&records, "SN-UPD", "version"), Some(&TypedValue::Long(2)));
+            assert_eq!(
+                latest(&records, "SN-UPD", "version"),
+                Some(&TypedValue::Long(2))
+            );
             break;
         }
         assert!(Instant::now() < deadline, "new decoder never used");
@@ -62,7 +65,10 @@ fn handler_update_rebinds_on_the_new_port() {
     let mut device = std::net::TcpStream::connect(("127.0.0.1", new_port.port)).unwrap();
     send(&mut device, b"SN-NUL,default,temperature,21.5\0");
     let records = h.wait_records(1);
-    assert_eq!(latest(&records, "SN-NUL", "temperature"), Some(&TypedValue::Double(21.5)));
+    assert_eq!(
+        latest(&records, "SN-NUL", "temperature"),
+        Some(&TypedValue::Double(21.5))
+    );
 }
 
 #[test]
@@ -76,5 +82,9 @@ fn disabled_integration_stops_serving_devices() {
     // The server closes the device connection.
     device.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = [0u8; 8];
-    assert_eq!(device.read(&mut buf).unwrap(), 0, "connection closed by the server");
+    assert_eq!(
+        device.read(&mut buf).unwrap(),
+        0,
+        "connection closed by the server"
+    );
 }

@@ -17,15 +17,24 @@ fn seed_text_payload_arrives_typed() {
     let h = Harness::start(text_example(port.port), port, &[]);
     let mut device = h.connect();
     // The docs' send command: `echo -e 'SN-002,default,temperature,25.7\nSN-002,default,humidity,69' | nc`.
-    send(&mut device, b"SN-002,default,temperature,25.7\nSN-002,default,humidity,69\n");
+    send(
+        &mut device,
+        b"SN-002,default,temperature,25.7\nSN-002,default,humidity,69\n",
+    );
     let records = h.wait_records(2);
     assert_eq!(records.len(), 2);
     for r in &records {
         assert_eq!(r.name, "SN-002");
         assert_eq!(r.entity_type, "default");
     }
-    assert_eq!(latest(&records, "SN-002", "temperature"), Some(&TypedValue::Double(25.7)));
-    assert_eq!(latest(&records, "SN-002", "humidity"), Some(&TypedValue::Long(69)));
+    assert_eq!(
+        latest(&records, "SN-002", "temperature"),
+        Some(&TypedValue::Double(25.7))
+    );
+    assert_eq!(
+        latest(&records, "SN-002", "humidity"),
+        Some(&TypedValue::Long(69))
+    );
 }
 
 #[test]
@@ -35,10 +44,19 @@ fn seed_text_payload_with_lf_cr_separator_keeps_cr_and_still_decodes() {
     let mut device = h.connect();
     // The guide's overview payload, `\n\r` between the lines; frame 2 starts with CR, which the
     // docs' JS decoder strips. A final LF ends frame 2.
-    send(&mut device, b"SN-002,default,temperature,25.7\n\rSN-002,default,humidity,69\n");
+    send(
+        &mut device,
+        b"SN-002,default,temperature,25.7\n\rSN-002,default,humidity,69\n",
+    );
     let records = h.wait_records(2);
-    assert_eq!(latest(&records, "SN-002", "temperature"), Some(&TypedValue::Double(25.7)));
-    assert_eq!(latest(&records, "SN-002", "humidity"), Some(&TypedValue::Long(69)));
+    assert_eq!(
+        latest(&records, "SN-002", "temperature"),
+        Some(&TypedValue::Double(25.7))
+    );
+    assert_eq!(
+        latest(&records, "SN-002", "humidity"),
+        Some(&TypedValue::Long(69))
+    );
 }
 
 #[test]
@@ -53,8 +71,14 @@ fn seed_json_payload_arrives_typed() {
     let records = h.wait_records(1);
     assert_eq!(records[0].name, "SN-002");
     assert_eq!(records[0].entity_type, "default");
-    assert_eq!(latest(&records, "SN-002", "temperature"), Some(&TypedValue::Double(25.7)));
-    assert_eq!(latest(&records, "SN-002", "humidity"), Some(&TypedValue::Long(69)));
+    assert_eq!(
+        latest(&records, "SN-002", "temperature"),
+        Some(&TypedValue::Double(25.7))
+    );
+    assert_eq!(
+        latest(&records, "SN-002", "humidity"),
+        Some(&TypedValue::Long(69))
+    );
 }
 
 #[test]
@@ -68,7 +92,10 @@ fn seed_binary_payload_arrives_typed() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].name, "SN-002");
     assert_eq!(records[0].entity_type, "default");
-    assert_eq!(latest(&records, "SN-002", "temperature"), Some(&TypedValue::Double(25.7)));
+    assert_eq!(
+        latest(&records, "SN-002", "temperature"),
+        Some(&TypedValue::Double(25.7))
+    );
 }
 
 #[test]
@@ -90,7 +117,9 @@ fn thousand_connections_over_two_shards_deliver_every_record_once() {
     for r in &records {
         for entry in &r.telemetry {
             match entry.values.get("seq") {
-                Some(TypedValue::Long(seq)) => *seen.entry((r.name.clone(), *seq)).or_default() += 1,
+                Some(TypedValue::Long(seq)) => {
+                    *seen.entry((r.name.clone(), *seq)).or_default() += 1
+                }
                 other => panic!("unexpected seq value {other:?} in {r:?}"),
             }
         }
@@ -127,14 +156,23 @@ fn bad_input_on_one_connection_is_counted_and_spares_the_others() {
     send(&mut bad, b"BAD-1,default,temperature,30.5\n");
     let records = h.wait_records(2);
     assert_eq!(records.len(), 2);
-    assert_eq!(latest(&records, "GOOD-1", "temperature"), Some(&TypedValue::Double(20.5)));
-    assert_eq!(latest(&records, "BAD-1", "temperature"), Some(&TypedValue::Double(30.5)));
+    assert_eq!(
+        latest(&records, "GOOD-1", "temperature"),
+        Some(&TypedValue::Double(20.5))
+    );
+    assert_eq!(
+        latest(&records, "BAD-1", "temperature"),
+        Some(&TypedValue::Double(30.5))
+    );
     assert!(metrics::get(Counter::FramingErrors) > framing_before);
     assert!(metrics::get(Counter::ConvertErrors) > convert_before);
     // The bad connection is still open and served.
     send(&mut bad, b"BAD-1,default,temperature,31.5\n");
     let records = h.wait_records(3);
-    assert_eq!(latest(&records, "BAD-1", "temperature"), Some(&TypedValue::Double(31.5)));
+    assert_eq!(
+        latest(&records, "BAD-1", "temperature"),
+        Some(&TypedValue::Double(31.5))
+    );
 }
 
 #[test]
@@ -145,13 +183,19 @@ fn garbage_json_stream_is_counted_and_other_connections_work() {
     let mut bad = h.connect();
     send(&mut bad, b"this is not json {\"deviceName\":\"X\"}");
     let mut good = h.connect();
-    send(&mut good, br#"{"deviceName":"SN-JSON","deviceType":"default","temperature":1.5,"humidity":2}"#);
+    send(
+        &mut good,
+        br#"{"deviceName":"SN-JSON","deviceType":"default","temperature":1.5,"humidity":2}"#,
+    );
     let records = h.wait_records(1);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].name, "SN-JSON");
     let deadline = std::time::Instant::now() + PATIENCE;
     while metrics::get(Counter::FramingErrors) == before {
-        assert!(std::time::Instant::now() < deadline, "corrupted JSON stream not counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "corrupted JSON stream not counted"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

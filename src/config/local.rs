@@ -1365,7 +1365,9 @@ impl Settings {
             max_bytes: in_range(
                 SPOOL_MAX_BYTES,
                 or_default(p.max_bytes, d.spool.max_bytes),
-                1 << 20,
+                // Small spools are legitimate on constrained gateways and in tests; below a
+                // few KiB not even one batch fits.
+                1 << 12,
                 1 << 50,
             )?,
             full_policy: or_default(p.full_policy, d.spool.full_policy),

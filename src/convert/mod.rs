@@ -315,12 +315,14 @@ impl ConverterRuntime {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let start = entities.len();
-        let result = self.engine.call_decoder(frame, &self.metadata, |ctx, value| {
-            if let Some(raw) = raw {
-                *raw = pretty_json(ctx, &value)?;
-            }
-            uplink::read_result(ctx, value, now_ms, entities)
-        });
+        let result = self
+            .engine
+            .call_decoder(frame, &self.metadata, |ctx, value| {
+                if let Some(raw) = raw {
+                    *raw = pretty_json(ctx, &value)?;
+                }
+                uplink::read_result(ctx, value, now_ms, entities)
+            });
         if result.is_err() {
             entities.truncate(start);
         }

@@ -313,7 +313,6 @@ impl ScriptEngine {
         }
         Ok(())
     }
-
 }
 
 fn build_runtime(

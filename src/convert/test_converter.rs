@@ -209,7 +209,10 @@ fn integration_metadata(args: &TestConverterArgs) -> anyhow::Result<Vec<(String,
         let value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("metadata file {} is not JSON", path.display()))?;
         let serde_json::Value::Object(map) = value else {
-            bail!("metadata file {} must hold a JSON object of strings", path.display());
+            bail!(
+                "metadata file {} must hold a JSON object of strings",
+                path.display()
+            );
         };
         for (k, v) in map {
             let v = match v {

@@ -7,4 +7,3 @@
 pub mod routing;
 
 pub use crate::config::local::DownlinkSuffix;
-

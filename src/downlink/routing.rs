@@ -64,11 +64,17 @@ impl<T> Router<T> {
             Some(route) if *route == conn => {}
             Some(route) => {
                 *route = conn;
-                self.by_conn.entry(conn).or_default().push(device.to_owned());
+                self.by_conn
+                    .entry(conn)
+                    .or_default()
+                    .push(device.to_owned());
             }
             None => {
                 self.routes.insert(device.to_owned(), conn);
-                self.by_conn.entry(conn).or_default().push(device.to_owned());
+                self.by_conn
+                    .entry(conn)
+                    .or_default()
+                    .push(device.to_owned());
             }
         }
         if self.held.is_empty() {
@@ -100,7 +106,9 @@ impl<T> Router<T> {
     /// Holds `item` for `device` (its connection turned out to be gone).
     pub fn hold(&mut self, device: &str, item: T, now: Instant) -> Route<T> {
         if self.hold_max_per_device == 0 {
-            return Route::Held { dropped: Some(item) };
+            return Route::Held {
+                dropped: Some(item),
+            };
         }
         let queue = self.held.entry(device.to_owned()).or_default();
         let dropped = if queue.len() >= self.hold_max_per_device {
@@ -145,8 +153,14 @@ impl<T> Router<T> {
 mod tests {
     use super::*;
 
-    const A0: ConnRef = ConnRef { shard: 0, conn_id: 1 };
-    const B1: ConnRef = ConnRef { shard: 1, conn_id: 2 };
+    const A0: ConnRef = ConnRef {
+        shard: 0,
+        conn_id: 1,
+    };
+    const B1: ConnRef = ConnRef {
+        shard: 1,
+        conn_id: 2,
+    };
 
     #[test]
     fn downlink_to_connected_device_is_delivered_on_its_last_connection() {
@@ -210,7 +224,10 @@ mod tests {
         r.route("SN-1", 1, t0);
         r.route("SN-1", 2, t0 + Duration::from_secs(3));
         assert!(r.expire(t0 + Duration::from_secs(4)).is_empty());
-        assert_eq!(r.expire(t0 + Duration::from_secs(5)), vec![("SN-1".to_owned(), 1)]);
+        assert_eq!(
+            r.expire(t0 + Duration::from_secs(5)),
+            vec![("SN-1".to_owned(), 1)]
+        );
         assert_eq!(r.saw_uplink("SN-1", A0), vec![2]);
     }
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
+use glommio::Task;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
-use glommio::Task;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -26,12 +26,10 @@ use super::{
     ShardSettings, connection,
 };
 use crate::convert::{ConverterConfig, ConverterRuntime};
-use crate::proto::integration::DeviceDownlinkDataProto;
-use crate::events::{
-    ConfigRejected, ConnectionRefused, DownlinkDropReason, DownlinkDropped,
-};
+use crate::events::{ConfigRejected, ConnectionRefused, DownlinkDropReason, DownlinkDropped};
 use crate::metrics::{self, Counter};
 use crate::net::listener::{bind_reuseport, configure_accepted};
+use crate::proto::integration::DeviceDownlinkDataProto;
 
 /// Bind failures are retried this often (ThingsBoard retries every 5 s).
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -172,14 +170,20 @@ fn apply_config(
 ) {
     let Some(next) = next else {
         if serving.take().is_some() {
-            tracing::info!(shard = shard.index, "integration disabled: closing the listener and device connections");
+            tracing::info!(
+                shard = shard.index,
+                "integration disabled: closing the listener and device connections"
+            );
         }
         drop(acceptor.take());
         shard.close_all_connections();
         return;
     };
     let previous = serving.clone();
-    if previous.as_ref().is_none_or(|p| p.uplink_converter != next.uplink_converter) {
+    if previous
+        .as_ref()
+        .is_none_or(|p| p.uplink_converter != next.uplink_converter)
+    {
         compile_uplink(shard, &next.uplink_converter);
     }
     if previous
@@ -188,7 +192,10 @@ fn apply_config(
     {
         compile_downlink(shard, &next.downlink_converter);
     }
-    if previous.as_ref().is_none_or(|p| p.metadata != next.metadata) {
+    if previous
+        .as_ref()
+        .is_none_or(|p| p.metadata != next.metadata)
+    {
         shard
             .runtime
             .borrow_mut()
@@ -197,7 +204,10 @@ fn apply_config(
     if previous.as_ref().is_none_or(|p| p.needs_rebind(&next)) {
         drop(acceptor.take());
         shard.close_all_connections();
-        *acceptor = Some(glommio::spawn_local(accept_loop(shard.clone(), next.clone())));
+        *acceptor = Some(glommio::spawn_local(accept_loop(
+            shard.clone(),
+            next.clone(),
+        )));
     }
     *serving = Some(next);
 }
@@ -278,10 +288,17 @@ fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
     };
     if let Err(e) = sender.try_send(command) {
         metrics::inc(Counter::DownlinksInboxFull);
-        if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write { downlink, .. }))
-        | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(ConnCommand::Write { downlink, .. })) = e
+        if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write {
+            downlink,
+            ..
+        }))
+        | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(
+            ConnCommand::Write { downlink, .. },
+        )) = e
         {
-            let _ = shard.events.send(ShardEvent::Undelivered { device, downlink });
+            let _ = shard
+                .events
+                .send(ShardEvent::Undelivered { device, downlink });
         }
     }
 }

@@ -135,7 +135,11 @@ pub fn spawn(
     // so probe the placement here first and fall back to unbound with a warning.
     let placement = match (&placement, core) {
         (Placement::Fixed(_), Some(core)) if !core_exists(core) => {
-            tracing::warn!(shard = index, core, "cannot pin shard to core {core}: no such online core; running unpinned");
+            tracing::warn!(
+                shard = index,
+                core,
+                "cannot pin shard to core {core}: no such online core; running unpinned"
+            );
             Placement::Unbound
         }
         _ => placement,

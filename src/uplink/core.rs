@@ -22,9 +22,10 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use super::session::{self, SessionConfig, SessionEvent, SessionHandle};
-use super::spool::{Spool, SpoolError, SpoolOptions};
+use super::spool::{Spool, SpoolError, SpoolOptions, spooled_bytes};
 use crate::config::integration::{IntegrationConfigError, TcpIntegrationConfig};
 use crate::config::local::SocketSettings;
+use crate::downlink::routing::ConnRef;
 use crate::downlink::routing::{Route, Router};
 use crate::events::{
     AckTimedOut, BatchRejected, ConfigRejected, DownlinkDropReason, DownlinkDropped,
@@ -34,7 +35,9 @@ use crate::net::listener::ListenerOptions;
 use crate::proto::integration::{
     ConverterConfigurationProto, DeviceDownlinkDataProto, IntegrationConfigurationProto,
 };
-use crate::shard::{DownlinkCommand, RecordBatch, ServingConfig, ShardConfig, ShardEvent};
+use crate::shard::{
+    DownlinkCommand, RecordBatch, ServingConfig, ShardConfig, ShardEvent, ShippedRecord,
+};
 
 /// How often the core checks timers: interval fsync, held-downlink expiry, ack timeouts, gauges.
 const TICK: Duration = Duration::from_millis(100);
@@ -152,8 +155,12 @@ struct Core {
     unsent: u64,
     /// When the oldest unsent record arrived (the linger clock).
     unsent_since: Option<Instant>,
-    /// Records a full spool (backpressure policy) could not take yet.
-    overflow: Vec<RecordBatch>,
+    /// Records received from the shards and not yet in the spool (a full spool under the
+    /// backpressure policy leaves them here, and no more are received until they fit).
+    to_spool: VecDeque<(ConnRef, ShippedRecord)>,
+    /// Largest append, in spooled bytes: a quarter of the spool, so a chunk always fits once
+    /// acknowledgements have made room.
+    append_budget_bytes: u64,
     read_scratch: Vec<(u64, Bytes)>,
 }
 
@@ -173,6 +180,7 @@ pub async fn run(
     tracing::info!(?report, "spool opened");
     let unsent = spool.stats().nr_pending_records;
     let (session, mut session_events) = session::spawn(options.session.clone());
+    let append_budget_bytes = (options.spool.max_bytes / 4).max(1);
     let mut core = Core {
         router: Router::new(options.downlink_hold_max, options.downlink_hold_for),
         options,
@@ -186,7 +194,8 @@ pub async fn run(
         in_flight_records: 0,
         unsent,
         unsent_since: (unsent > 0).then(Instant::now),
-        overflow: Vec::new(),
+        to_spool: VecDeque::new(),
+        append_budget_bytes,
         read_scratch: Vec::new(),
     };
     let mut tick = tokio::time::interval(TICK);
@@ -195,7 +204,7 @@ pub async fn run(
     let mut shards_done = false;
     loop {
         let linger_deadline = core.linger_deadline();
-        let has_room = core.overflow.is_empty();
+        let has_room = core.to_spool.is_empty();
         tokio::select! {
             biased;
             event = session_events.recv() => match event {
@@ -228,8 +237,11 @@ pub async fn run(
             let drained = shards_done && core.in_flight.is_empty() && core.unsent == 0;
             if drained || since.elapsed() >= core.options.drain_timeout {
                 if !drained {
-                    tracing::warn!(in_flight = core.in_flight.len(), unsent = core.unsent,
-                        "drain deadline passed; unacknowledged records stay in the spool and are sent at the next start");
+                    tracing::warn!(
+                        in_flight = core.in_flight.len(),
+                        unsent = core.unsent,
+                        "drain deadline passed; unacknowledged records stay in the spool and are sent at the next start"
+                    );
                 }
                 break;
             }
@@ -281,14 +293,14 @@ impl Core {
                 let route = self.router.route(&device, downlink, Instant::now());
                 self.dispatch(&device, route);
             }
-            SessionEvent::UplinkAck {
-                success,
-                error_msg,
-            } => self.on_ack(success, &error_msg),
+            SessionEvent::UplinkAck { success, error_msg } => self.on_ack(success, &error_msg),
             SessionEvent::Disconnected { reason } => {
                 metrics::inc(Counter::SessionDisconnects);
                 metrics::set_gauge(Gauge::SessionConnected, 0);
-                tracing::warn!(in_flight = self.in_flight.len(), "ThingsBoard session lost: {reason}");
+                tracing::warn!(
+                    in_flight = self.in_flight.len(),
+                    "ThingsBoard session lost: {reason}"
+                );
                 self.connected = false;
                 self.rewind();
             }
@@ -374,7 +386,7 @@ impl Core {
         }
     }
 
-    fn send_to_shard(&mut self, conn: crate::downlink::routing::ConnRef, downlink: DeviceDownlinkDataProto) {
+    fn send_to_shard(&mut self, conn: ConnRef, downlink: DeviceDownlinkDataProto) {
         let Some(inbox) = self.shard_downlinks.get(conn.shard) else {
             return;
         };
@@ -402,46 +414,82 @@ impl Core {
     }
 
     fn on_records(&mut self, batches: Vec<RecordBatch>) {
-        let mut batches = batches;
-        if !self.overflow.is_empty() {
-            let mut all = std::mem::take(&mut self.overflow);
-            all.append(&mut batches);
-            batches = all;
-        }
-        let slices: Vec<&[u8]> = batches
-            .iter()
-            .flat_map(|b| b.records.iter().map(|r| r.tagged.as_ref()))
-            .collect();
-        match self.spool.append_batch(&slices) {
-            Ok(outcome) => {
-                let appended = slices.len() as u64;
-                metrics::add(Counter::RecordsSpooled, appended);
-                if outcome.nr_dropped_records > 0 {
-                    metrics::add(Counter::RecordsDroppedSpoolFull, outcome.nr_dropped_records);
-                    // Dropped records may have been unsent ones.
-                    self.unsent = self.spool.stats().nr_pending_records.saturating_sub(self.in_flight_records);
-                }
-                if self.unsent == 0 {
-                    self.unsent_since = Some(Instant::now());
-                }
-                self.unsent += appended;
-            }
-            Err(SpoolError::Full { .. }) => {
-                // Backpressure: keep them and stop receiving until acknowledgements make room;
-                // the shards' channel fills and the devices' TCP windows close.
-                self.overflow = batches;
-                return;
-            }
-            Err(e) => {
-                tracing::error!("spool append failed: {e}; keeping the records in memory and retrying");
-                self.overflow = batches;
-                return;
-            }
-        }
         for batch in batches {
-            for record in &batch.records {
-                for downlink in self.router.saw_uplink(&record.name, batch.conn) {
-                    self.send_to_shard(batch.conn, downlink);
+            let conn = batch.conn;
+            self.to_spool
+                .extend(batch.records.into_iter().map(|record| (conn, record)));
+        }
+        self.flush_to_spool();
+    }
+
+    /// Appends waiting records to the spool in chunks that fit it, then routes their devices.
+    /// Under backpressure a full spool leaves the rest waiting (and the shards' channel fills).
+    fn flush_to_spool(&mut self) {
+        while !self.to_spool.is_empty() {
+            let mut count = 0;
+            let mut bytes = 0u64;
+            for (_, record) in &self.to_spool {
+                let size = spooled_bytes(1, record.tagged.len() as u64);
+                if count > 0 && bytes + size > self.append_budget_bytes {
+                    break;
+                }
+                bytes += size;
+                count += 1;
+            }
+            let slices: Vec<&[u8]> = self
+                .to_spool
+                .iter()
+                .take(count)
+                .map(|(_, r)| r.tagged.as_ref())
+                .collect();
+            match self.spool.append_batch(&slices) {
+                Ok(outcome) => {
+                    metrics::add(Counter::RecordsSpooled, count as u64);
+                    if outcome.nr_dropped_records > 0 {
+                        metrics::add(Counter::RecordsDroppedSpoolFull, outcome.nr_dropped_records);
+                        tracing::warn!(
+                            dropped_records = outcome.nr_dropped_records,
+                            dropped_bytes = outcome.nr_dropped_bytes,
+                            "spool full: dropped the oldest unacknowledged records (drop-oldest policy)"
+                        );
+                        // Dropped records may have been unsent ones.
+                        self.unsent = self
+                            .spool
+                            .stats()
+                            .nr_pending_records
+                            .saturating_sub(self.in_flight_records);
+                    }
+                    if self.unsent == 0 {
+                        self.unsent_since = Some(Instant::now());
+                    }
+                    self.unsent += count as u64;
+                }
+                Err(SpoolError::Full { .. }) => return,
+                Err(e @ (SpoolError::RecordTooLarge { .. } | SpoolError::BatchTooLarge { .. }))
+                    if count == 1 =>
+                {
+                    // One record larger than the whole spool can never be stored: keep it in
+                    // the dead-letter file rather than block every device behind it.
+                    tracing::error!(
+                        "record cannot be spooled ({e}); written to the dead-letter file"
+                    );
+                    metrics::inc(Counter::RecordsRejected);
+                    if let Err(e) = self.spool.dead_letter(&slices, &e.to_string()) {
+                        tracing::error!("cannot write the dead-letter file: {e}");
+                    }
+                    self.to_spool.pop_front();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "spool append failed: {e}; keeping the records in memory and retrying"
+                    );
+                    return;
+                }
+            }
+            for (conn, record) in self.to_spool.drain(..count).collect::<Vec<_>>() {
+                for downlink in self.router.saw_uplink(&record.name, conn) {
+                    self.send_to_shard(conn, downlink);
                 }
             }
         }
@@ -500,10 +548,7 @@ impl Core {
                 self.rewind();
             }
         }
-        if !self.overflow.is_empty() {
-            let overflow = std::mem::take(&mut self.overflow);
-            self.on_records(overflow);
-        }
+        self.flush_to_spool();
         let stats = self.spool.stats();
         metrics::set_gauge(Gauge::SpoolBytes, stats.disk_bytes as i64);
         metrics::set_gauge(Gauge::SpoolPendingRecords, stats.nr_pending_records as i64);

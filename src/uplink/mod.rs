@@ -1,5 +1,5 @@
 //! Uplink: encoded records → durable spool → batches → the ThingsBoard gRPC session.
 
-pub mod session;
 pub mod core;
+pub mod session;
 pub mod spool;

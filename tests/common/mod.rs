@@ -11,7 +11,9 @@ use socket2::{Domain, Socket, Type};
 use tcp_integration::demo::settings_for;
 use tcp_integration::edge_sim::definition::IntegrationDefinition;
 use tcp_integration::edge_sim::record::{Record, TypedValue};
-use tcp_integration::edge_sim::{EXAMPLE_BINARY_JSON, EXAMPLE_JSON_JSON, EXAMPLE_TEXT_JSON, EdgeSim, EdgeSimHandle};
+use tcp_integration::edge_sim::{
+    EXAMPLE_BINARY_JSON, EXAMPLE_JSON_JSON, EXAMPLE_TEXT_JSON, EdgeSim, EdgeSimHandle,
+};
 use tcp_integration::server::{Server, ServerOptions};
 
 /// Generous upper bound for things that normally take milliseconds; only reached on failure.
@@ -67,14 +69,30 @@ pub struct Harness {
 impl Harness {
     /// Starts edge-sim with `definition` and the server against it (with extra `TCPI_*`
     /// settings), and waits until the server serves devices.
-    pub fn start(definition: IntegrationDefinition, port: ReservedPort, extra: &[(&str, &str)]) -> Harness {
+    pub fn start(
+        definition: IntegrationDefinition,
+        port: ReservedPort,
+        extra: &[(&str, &str)],
+    ) -> Harness {
+        // `TEST_LOG=debug cargo test ...` shows the server's log lines.
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+                .with_test_writer()
+                .try_init();
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let edge = rt
-            .block_on(EdgeSim::start(definition.clone(), "127.0.0.1:0".parse().unwrap(), None, None))
+            .block_on(EdgeSim::start(
+                definition.clone(),
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+                None,
+            ))
             .unwrap();
         let spool = tempfile::tempdir().unwrap();
         let mut env: Vec<(&str, String)> = vec![
@@ -95,7 +113,10 @@ impl Harness {
         options.shard_cores.clear();
         options.uplink_core = None;
         let mut server = Server::start(options).unwrap();
-        assert!(server.wait_serving(PATIENCE), "server never got its configuration");
+        assert!(
+            server.wait_serving(PATIENCE),
+            "server never got its configuration"
+        );
         let harness = Harness {
             rt,
             edge: Some(edge),
@@ -181,9 +202,15 @@ pub fn assert_silent(stream: &mut TcpStream, for_how_long: Duration) {
     stream.set_read_timeout(Some(for_how_long)).unwrap();
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
-        Ok(n) => panic!("unexpected {n} bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Ok(n) => panic!(
+            "unexpected {n} bytes: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
         Err(e) => assert!(
-            matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
             "{e}"
         ),
     }
