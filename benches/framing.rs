@@ -10,9 +10,7 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tcp_integration::framing::{
-    BinarySpec, ByteOrder, Delimiter, Framer, FramingSpec, TextSpec,
-};
+use tcp_integration::framing::{BinarySpec, ByteOrder, Delimiter, Framer, FramingSpec, TextSpec};
 
 const CORPUS_BYTES: usize = 4 << 20;
 const READ_BYTES: usize = 64 << 10;
@@ -60,7 +58,11 @@ fn binary_corpus() -> Vec<u8> {
     let mut out = Vec::with_capacity(CORPUS_BYTES + 32);
     while out.len() < CORPUS_BYTES {
         out.extend_from_slice(b"0000\x14");
-        let payload = format!("SN-{:06}default{:04.1}", rng.u32(..1_000_000), rng.f32() * 99.0);
+        let payload = format!(
+            "SN-{:06}default{:04.1}",
+            rng.u32(..1_000_000),
+            rng.f32() * 99.0
+        );
         out.extend_from_slice(&payload.as_bytes()[..20]);
     }
     out
@@ -117,7 +119,11 @@ fn bench_framing(c: &mut Criterion) {
     let specs = specs();
     for (spec_name, spec, corpus, record_bytes) in &specs {
         assert_eq!(corpus.len() % record_bytes, 0, "{spec_name} corpus");
-        assert_eq!(frame_stream(spec, corpus), corpus.len() / record_bytes, "{spec_name}");
+        assert_eq!(
+            frame_stream(spec, corpus),
+            corpus.len() / record_bytes,
+            "{spec_name}"
+        );
     }
     let text = &specs[0].2;
     let nr_lines = memchr::memchr_iter(b'\n', text).count();
@@ -137,7 +143,9 @@ fn bench_framing(c: &mut Criterion) {
         });
         for (spec_name, spec, corpus, record_bytes) in &specs {
             group.throughput(throughput(corpus, *record_bytes));
-            group.bench_function(*spec_name, |b| b.iter(|| frame_stream(spec, black_box(corpus))));
+            group.bench_function(*spec_name, |b| {
+                b.iter(|| frame_stream(spec, black_box(corpus)))
+            });
         }
         group.finish();
     }

@@ -15,7 +15,11 @@ fn binary_length_field_of_1_2_3_4_8_bytes_in_both_byte_orders() {
         (2, vec![3, 0], vec![0, 3]),
         (3, vec![3, 0, 0], vec![0, 0, 3]),
         (4, vec![3, 0, 0, 0], vec![0, 0, 0, 3]),
-        (8, vec![3, 0, 0, 0, 0, 0, 0, 0], vec![0, 0, 0, 0, 0, 0, 0, 3]),
+        (
+            8,
+            vec![3, 0, 0, 0, 0, 0, 0, 0],
+            vec![0, 0, 0, 0, 0, 0, 0, 3],
+        ),
     ] {
         for (order, field) in [(LittleEndian, le.clone()), (BigEndian, be.clone())] {
             let spec = binary(order, 64, 0, nr, 0, nr, false);
@@ -36,7 +40,10 @@ fn binary_length_field_of_1_to_4_bytes_is_unsigned() {
     let spec = binary(BigEndian, 64, 0, 4, 0, 0, true);
     assert_eq!(
         items(&spec, &[0xff, 0xff, 0xff, 0xff]),
-        vec![Err(FramingError::BinaryFrameTooLong { frame_bytes: 4_294_967_299, max_frame_bytes: 64 })]
+        vec![Err(FramingError::BinaryFrameTooLong {
+            frame_bytes: 4_294_967_299,
+            max_frame_bytes: 64
+        })]
     );
     let spec = binary(LittleEndian, 300, 0, 1, 0, 1, false);
     let mut stream = vec![0xff];
@@ -54,7 +61,13 @@ fn binary_negative_8_byte_length_is_error_and_header_is_skipped() {
     let out = run(&spec, &[&stream]);
     assert_eq!(
         out.items,
-        vec![Err(FramingError::NegativeLength { length: -2, header_bytes: 9 }), ok(b"ok")]
+        vec![
+            Err(FramingError::NegativeLength {
+                length: -2,
+                header_bytes: 9
+            }),
+            ok(b"ok")
+        ]
     );
     assert_eq!(out.discarded_bytes, 9);
 }
@@ -77,21 +90,30 @@ fn binary_8_byte_length_wraps_like_java_long() {
 fn binary_length_adjustment_may_be_negative() {
     // The length field counts the whole frame including its 2-byte header.
     let spec = binary(BigEndian, 64, 0, 2, -2, 2, false);
-    assert_eq!(items(&spec, &[0, 5, b'a', b'b', b'c', 0, 2]), vec![ok(b"abc"), ok(b"")]);
+    assert_eq!(
+        items(&spec, &[0, 5, b'a', b'b', b'c', 0, 2]),
+        vec![ok(b"abc"), ok(b"")]
+    );
 }
 
 #[test]
 fn binary_positive_length_adjustment_covers_trailer() {
     // The length counts the payload only; a 2-byte checksum follows it.
     let spec = binary(LittleEndian, 64, 0, 1, 2, 0, false);
-    assert_eq!(items(&spec, &[2, b'h', b'i', 0xc1, 0xc2]), vec![ok(&[2, b'h', b'i', 0xc1, 0xc2])]);
+    assert_eq!(
+        items(&spec, &[2, b'h', b'i', 0xc1, 0xc2]),
+        vec![ok(&[2, b'h', b'i', 0xc1, 0xc2])]
+    );
 }
 
 #[test]
 fn binary_initial_bytes_to_strip_removes_header() {
     let spec = binary(LittleEndian, 64, 2, 1, 0, 2, false);
     // 2-byte prefix, length 3, payload: strip only the prefix, keep the length byte.
-    assert_eq!(items(&spec, &[0xee, 0xff, 3, b'x', b'y', b'z']), vec![ok(&[3, b'x', b'y', b'z'])]);
+    assert_eq!(
+        items(&spec, &[0xee, 0xff, 3, b'x', b'y', b'z']),
+        vec![ok(&[3, b'x', b'y', b'z'])]
+    );
 }
 
 #[test]
@@ -101,7 +123,10 @@ fn binary_frame_shorter_than_header_is_error_and_header_is_skipped() {
     assert_eq!(
         out.items,
         vec![
-            Err(FramingError::FrameShorterThanHeader { frame_bytes: -2, header_bytes: 2 }),
+            Err(FramingError::FrameShorterThanHeader {
+                frame_bytes: -2,
+                header_bytes: 2
+            }),
             // 9 - 5 + 2 = 6 bytes.
             ok(&[0, 9, 1, 2, 3, 4]),
         ]
@@ -116,7 +141,10 @@ fn binary_strip_beyond_frame_is_error_and_frame_is_skipped() {
     assert_eq!(
         out.items,
         vec![
-            Err(FramingError::StripBeyondFrame { frame_bytes: 3, strip_bytes: 4 }),
+            Err(FramingError::StripBeyondFrame {
+                frame_bytes: 3,
+                strip_bytes: 4
+            }),
             ok(b""),
         ]
     );
@@ -129,13 +157,19 @@ fn binary_too_long_with_fail_fast_is_reported_when_length_is_read() {
     let mut buf = BytesMut::from(&[20u8, 1, 2][..]);
     assert_eq!(
         framer.decode(&mut buf),
-        Some(Err(FramingError::BinaryFrameTooLong { frame_bytes: 21, max_frame_bytes: 8 }))
+        Some(Err(FramingError::BinaryFrameTooLong {
+            frame_bytes: 21,
+            max_frame_bytes: 8
+        }))
     );
     assert!(buf.is_empty());
     buf.extend_from_slice(&[0u8; 17]);
     assert_eq!(framer.decode(&mut buf), None);
     buf.extend_from_slice(&[0, 2, b'o', b'k']);
-    assert_eq!(framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())), Some(ok(b"ok")));
+    assert_eq!(
+        framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())),
+        Some(ok(b"ok"))
+    );
     assert_eq!(framer.discarded_bytes(), 21);
 }
 
@@ -149,9 +183,15 @@ fn binary_too_long_without_fail_fast_is_reported_after_discard() {
     buf.extend_from_slice(&[0, 2, b'o', b'k']);
     assert_eq!(
         framer.decode(&mut buf),
-        Some(Err(FramingError::BinaryFrameTooLong { frame_bytes: 21, max_frame_bytes: 8 }))
+        Some(Err(FramingError::BinaryFrameTooLong {
+            frame_bytes: 21,
+            max_frame_bytes: 8
+        }))
     );
-    assert_eq!(framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())), Some(ok(b"ok")));
+    assert_eq!(
+        framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())),
+        Some(ok(b"ok"))
+    );
 }
 
 #[test]
@@ -160,7 +200,13 @@ fn binary_too_long_frame_already_buffered_is_reported_at_once_without_fail_fast(
     let out = run(&spec, &[&[5, 1, 2, 3, 4, 5, 1, b'!']]);
     assert_eq!(
         out.items,
-        vec![Err(FramingError::BinaryFrameTooLong { frame_bytes: 6, max_frame_bytes: 4 }), ok(b"!")]
+        vec![
+            Err(FramingError::BinaryFrameTooLong {
+                frame_bytes: 6,
+                max_frame_bytes: 4
+            }),
+            ok(b"!")
+        ]
     );
 }
 
@@ -173,7 +219,10 @@ fn binary_waits_for_header_then_for_whole_frame() {
         assert_eq!(framer.decode(&mut buf), None);
     }
     buf.extend_from_slice(b"a");
-    assert_eq!(framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())), Some(ok(b"data")));
+    assert_eq!(
+        framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())),
+        Some(ok(b"data"))
+    );
 }
 
 #[test]

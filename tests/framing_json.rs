@@ -21,20 +21,29 @@ fn json_object_is_one_frame() {
     let stream = b"{\"deviceName\":\"SN-002\",\"temperature\":25.7}{\"b\":{}}";
     assert_eq!(
         items(&JSON, stream),
-        vec![ok(b"{\"deviceName\":\"SN-002\",\"temperature\":25.7}"), ok(b"{\"b\":{}}")]
+        vec![
+            ok(b"{\"deviceName\":\"SN-002\",\"temperature\":25.7}"),
+            ok(b"{\"b\":{}}")
+        ]
     );
 }
 
 #[test]
 fn json_top_level_array_is_one_frame() {
     let stream = b"[{\"a\":1},{\"a\":2}] [[],[]]";
-    assert_eq!(items(&JSON, stream), vec![ok(b"[{\"a\":1},{\"a\":2}]"), ok(b"[[],[]]")]);
+    assert_eq!(
+        items(&JSON, stream),
+        vec![ok(b"[{\"a\":1},{\"a\":2}]"), ok(b"[[],[]]")]
+    );
 }
 
 #[test]
 fn json_frame_ends_when_nesting_returns_to_zero() {
     let stream = b"{\"a\":{\"b\":[1,{\"c\":[]}]}}{}";
-    assert_eq!(items(&JSON, stream), vec![ok(b"{\"a\":{\"b\":[1,{\"c\":[]}]}}"), ok(b"{}")]);
+    assert_eq!(
+        items(&JSON, stream),
+        vec![ok(b"{\"a\":{\"b\":[1,{\"c\":[]}]}}"), ok(b"{}")]
+    );
 }
 
 #[test]
@@ -78,23 +87,41 @@ fn json_escape_split_across_reads_is_honoured() {
 #[test]
 fn json_leading_non_bracket_corrupts_connection_and_is_reported_once() {
     let out = run(&JSON, &[b"{\"ok\":1} x{\"a\":1}", b"{\"b\":2}\n", b"[3]"]);
-    assert_eq!(out.items, vec![ok(b"{\"ok\":1}"), Err(FramingError::JsonCorrupted { byte: b'x' })]);
+    assert_eq!(
+        out.items,
+        vec![
+            ok(b"{\"ok\":1}"),
+            Err(FramingError::JsonCorrupted { byte: b'x' })
+        ]
+    );
     // Everything after the corruption is counted as discarded, never framed.
-    assert_eq!(out.discarded_bytes, (b"x{\"a\":1}".len() + b"{\"b\":2}\n".len() + 3) as u64);
+    assert_eq!(
+        out.discarded_bytes,
+        (b"x{\"a\":1}".len() + b"{\"b\":2}\n".len() + 3) as u64
+    );
     assert!(out.left.is_empty());
 }
 
 #[test]
 fn json_separator_between_frames_corrupts_connection() {
     let out = run(&JSON, &[b"{\"a\":1},{\"b\":2}"]);
-    assert_eq!(out.items, vec![ok(b"{\"a\":1}"), Err(FramingError::JsonCorrupted { byte: b',' })]);
+    assert_eq!(
+        out.items,
+        vec![
+            ok(b"{\"a\":1}"),
+            Err(FramingError::JsonCorrupted { byte: b',' })
+        ]
+    );
 }
 
 #[test]
 fn json_non_ascii_byte_is_not_whitespace() {
     // 0xA0 (NBSP in Latin-1) is a negative Java byte: not whitespace, so it corrupts.
     let out = run(&JSON, &[b"\xa0{}"]);
-    assert_eq!(out.items, vec![Err(FramingError::JsonCorrupted { byte: 0xa0 })]);
+    assert_eq!(
+        out.items,
+        vec![Err(FramingError::JsonCorrupted { byte: 0xa0 })]
+    );
 }
 
 #[test]
@@ -123,7 +150,9 @@ fn json_buffer_cap_is_one_mebibyte() {
     assert_eq!(
         out.items,
         vec![
-            Err(FramingError::JsonBufferOverflow { max_frame_bytes: JSON_MAX_FRAME_BYTES }),
+            Err(FramingError::JsonBufferOverflow {
+                max_frame_bytes: JSON_MAX_FRAME_BYTES
+            }),
             // Framing restarts mid-object, as in ThingsBoard: that corrupts the connection.
             Err(FramingError::JsonCorrupted { byte: b'"' }),
         ]
@@ -147,7 +176,9 @@ fn json_buffer_never_grows_past_cap() {
     assert_eq!(
         errors,
         vec![
-            FramingError::JsonBufferOverflow { max_frame_bytes: 100 },
+            FramingError::JsonBufferOverflow {
+                max_frame_bytes: 100
+            },
             // Byte 100 of "[" + "[1,2,3,"...: framing restarts at a '1'.
             FramingError::JsonCorrupted { byte: b'1' },
         ]

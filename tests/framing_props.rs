@@ -45,9 +45,21 @@ fn binary_spec() -> impl Strategy<Value = FramingSpec> {
         any::<bool>(),
     )
         .prop_map(|(le, max, offset, nr, adj, strip, fail_fast)| {
-            let order = if le { ByteOrder::LittleEndian } else { ByteOrder::BigEndian };
+            let order = if le {
+                ByteOrder::LittleEndian
+            } else {
+                ByteOrder::BigEndian
+            };
             // Keep the spec valid: the header must fit in maxFrameLength.
-            binary(order, max.max(offset + nr), offset, nr, adj, strip, fail_fast)
+            binary(
+                order,
+                max.max(offset + nr),
+                offset,
+                nr,
+                adj,
+                strip,
+                fail_fast,
+            )
         })
 }
 
@@ -72,13 +84,23 @@ fn run_bounded(mut framer: Framer, reads: &[&[u8]], max_buffered: usize) -> Run 
     for read in reads {
         buf.extend_from_slice(read);
         drain(&mut framer, &mut buf, &mut items);
-        assert!(buf.len() <= max_buffered, "{} bytes buffered > {max_buffered}", buf.len());
+        assert!(
+            buf.len() <= max_buffered,
+            "{} bytes buffered > {max_buffered}",
+            buf.len()
+        );
     }
-    Run { items, left: buf.to_vec(), discarded_bytes: framer.discarded_bytes() }
+    Run {
+        items,
+        left: buf.to_vec(),
+        discarded_bytes: framer.discarded_bytes(),
+    }
 }
 
 fn frames_within(items: &[Item], max_frame_bytes: usize) -> bool {
-    items.iter().all(|item| item.as_ref().map_or(true, |f| f.len() <= max_frame_bytes))
+    items
+        .iter()
+        .all(|item| item.as_ref().map_or(true, |f| f.len() <= max_frame_bytes))
 }
 
 proptest! {

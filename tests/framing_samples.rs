@@ -25,25 +25,36 @@ fn sample_text_with_lf_cr_keeps_the_cr_and_needs_a_final_lf() {
     let out = run(&docs_text(), &[payload, b"\n"]);
     assert_eq!(
         out.items,
-        vec![ok(b"SN-002,default,temperature,25.7"), ok(b"\rSN-002,default,humidity,69")]
+        vec![
+            ok(b"SN-002,default,temperature,25.7"),
+            ok(b"\rSN-002,default,humidity,69")
+        ]
     );
 }
 
 #[test]
 fn sample_text_as_sent_by_echo() {
-    let out = run(&docs_text(), &[b"SN-002,default,temperature,25.7\nSN-002,default,humidity,69\n"]);
+    let out = run(
+        &docs_text(),
+        &[b"SN-002,default,temperature,25.7\nSN-002,default,humidity,69\n"],
+    );
     assert_eq!(
         out.items,
-        vec![ok(b"SN-002,default,temperature,25.7"), ok(b"SN-002,default,humidity,69")]
+        vec![
+            ok(b"SN-002,default,temperature,25.7"),
+            ok(b"SN-002,default,humidity,69")
+        ]
     );
     assert!(out.left.is_empty());
 }
 
 #[test]
 fn sample_json_object_and_printed_array_are_one_frame_each() {
-    let object = br#"{"deviceName":"SN-002","deviceType":"default","temperature":25.7,"humidity":69}"#;
+    let object =
+        br#"{"deviceName":"SN-002","deviceType":"default","temperature":25.7,"humidity":69}"#;
     assert_eq!(run(&FramingSpec::Json, &[object]).items, vec![ok(object)]);
-    let array = br#"[{"deviceName":"SN-002","deviceType":"default","temperature":25.7,"humidity":69}]"#;
+    let array =
+        br#"[{"deviceName":"SN-002","deviceType":"default","temperature":25.7,"humidity":69}]"#;
     assert_eq!(run(&FramingSpec::Json, &[array]).items, vec![ok(array)]);
 }
 

@@ -11,7 +11,10 @@ const TOO_LONG_4: FramingError = FramingError::TextFrameTooLong { max_frame_byte
 #[test]
 fn text_line_separator_ends_frame_at_lf() {
     let spec = text(128, true, Delimiter::Line);
-    assert_eq!(items(&spec, b"one\ntwo\n\n"), vec![ok(b"one"), ok(b"two"), ok(b"")]);
+    assert_eq!(
+        items(&spec, b"one\ntwo\n\n"),
+        vec![ok(b"one"), ok(b"two"), ok(b"")]
+    );
 }
 
 #[test]
@@ -20,13 +23,19 @@ fn text_line_separator_takes_cr_before_lf_as_delimiter() {
     assert_eq!(items(&spec, b"one\r\ntwo\n"), vec![ok(b"one"), ok(b"two")]);
     // Also when the CR and the LF arrive in different reads.
     let spec = text(128, true, Delimiter::Line);
-    assert_eq!(run(&spec, &[b"one\r", b"\ntwo\n"]).items, vec![ok(b"one"), ok(b"two")]);
+    assert_eq!(
+        run(&spec, &[b"one\r", b"\ntwo\n"]).items,
+        vec![ok(b"one"), ok(b"two")]
+    );
 }
 
 #[test]
 fn text_lone_cr_is_data() {
     let spec = text(128, true, Delimiter::Line);
-    assert_eq!(items(&spec, b"a\rb\n\rc\n\r\r\n"), vec![ok(b"a\rb"), ok(b"\rc"), ok(b"\r")]);
+    assert_eq!(
+        items(&spec, b"a\rb\n\rc\n\r\r\n"),
+        vec![ok(b"a\rb"), ok(b"\rc"), ok(b"\r")]
+    );
 }
 
 #[test]
@@ -40,13 +49,19 @@ fn text_strip_delimiter_false_keeps_lf_or_crlf() {
 #[test]
 fn text_nul_delimiter_ends_frame_at_zero_byte() {
     let spec = text(128, true, Delimiter::Nul);
-    assert_eq!(items(&spec, b"a\nb\0c\r\n\0"), vec![ok(b"a\nb"), ok(b"c\r\n")]);
+    assert_eq!(
+        items(&spec, b"a\nb\0c\r\n\0"),
+        vec![ok(b"a\nb"), ok(b"c\r\n")]
+    );
 }
 
 #[test]
 fn text_custom_separator_multi_byte() {
     let spec = text(128, true, Delimiter::Custom(b"<END>".to_vec()));
-    assert_eq!(items(&spec, b"x<EN<END>y<END>"), vec![ok(b"x<EN"), ok(b"y")]);
+    assert_eq!(
+        items(&spec, b"x<EN<END>y<END>"),
+        vec![ok(b"x<EN"), ok(b"y")]
+    );
 }
 
 #[test]
@@ -74,7 +89,10 @@ fn text_custom_separator_is_raw_bytes_without_escape_processing() {
 #[test]
 fn text_max_frame_length_excludes_delimiter() {
     let spec = text(4, false, Delimiter::Line);
-    assert_eq!(items(&spec, b"abcd\r\nabcd\n"), vec![ok(b"abcd\r\n"), ok(b"abcd\n")]);
+    assert_eq!(
+        items(&spec, b"abcd\r\nabcd\n"),
+        vec![ok(b"abcd\r\n"), ok(b"abcd\n")]
+    );
     let spec = text(4, true, Delimiter::Custom(b"###".to_vec()));
     assert_eq!(items(&spec, b"abcd###"), vec![ok(b"abcd")]);
 }
@@ -92,13 +110,19 @@ fn text_over_long_frame_is_reported_at_once_before_its_delimiter() {
     let mut framer = Framer::new(&text(4, true, Delimiter::Nul));
     let mut buf = BytesMut::from(&b"abcde"[..]);
     assert_eq!(framer.decode(&mut buf), Some(Err(TOO_LONG_4)));
-    assert!(buf.is_empty(), "the over-long bytes are dropped, not buffered");
+    assert!(
+        buf.is_empty(),
+        "the over-long bytes are dropped, not buffered"
+    );
     assert_eq!(framer.decode(&mut buf), None);
     // The rest of the over-long frame is dropped silently; the next frame is intact.
     buf.extend_from_slice(b"fghij");
     assert_eq!(framer.decode(&mut buf), None);
     buf.extend_from_slice(b"k\0ok\0");
-    assert_eq!(framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())), Some(ok(b"ok")));
+    assert_eq!(
+        framer.decode(&mut buf).map(|r| r.map(|f| f.to_vec())),
+        Some(ok(b"ok"))
+    );
     assert_eq!(framer.decode(&mut buf), None);
     assert_eq!(framer.discarded_bytes(), 12);
 }
@@ -126,7 +150,10 @@ fn text_trailing_cr_waits_for_the_next_read_before_counting() {
     let spec = text(4, true, Delimiter::Line);
     assert_eq!(run(&spec, &[b"abcd\r", b"\n"]).items, vec![ok(b"abcd")]);
     let spec = text(4, true, Delimiter::Line);
-    assert_eq!(run(&spec, &[b"abcd\r", b"x\n"]).items, vec![Err(TOO_LONG_4)]);
+    assert_eq!(
+        run(&spec, &[b"abcd\r", b"x\n"]).items,
+        vec![Err(TOO_LONG_4)]
+    );
     let spec = text(4, true, Delimiter::Custom(b"##".to_vec()));
     assert_eq!(run(&spec, &[b"abcd#", b"#"]).items, vec![ok(b"abcd")]);
 }
@@ -139,7 +166,12 @@ fn text_buffer_never_grows_past_limit_without_delimiter() {
     for _ in 0..1000 {
         buf.extend_from_slice(b"0123456789|");
         while let Some(item) = framer.decode(&mut buf) {
-            assert_eq!(item, Err(FramingError::TextFrameTooLong { max_frame_bytes: 16 }));
+            assert_eq!(
+                item,
+                Err(FramingError::TextFrameTooLong {
+                    max_frame_bytes: 16
+                })
+            );
             nr_errors += 1;
         }
         assert!(buf.len() <= 16 + 2, "buffered {} bytes", buf.len());
@@ -152,8 +184,14 @@ fn text_frames_share_the_read_buffer() {
     let mut framer = Framer::new(&text(128, true, Delimiter::Line));
     let mut buf = BytesMut::from(&b"first\nsecond\n"[..]);
     let start = buf.as_ptr() as usize;
-    let first = framer.decode(&mut buf).and_then(Result::ok).expect("first frame");
-    let second = framer.decode(&mut buf).and_then(Result::ok).expect("second frame");
+    let first = framer
+        .decode(&mut buf)
+        .and_then(Result::ok)
+        .expect("first frame");
+    let second = framer
+        .decode(&mut buf)
+        .and_then(Result::ok)
+        .expect("second frame");
     assert_eq!(first.as_ptr() as usize, start);
     assert_eq!(second.as_ptr() as usize, start + 6);
 }

@@ -186,7 +186,10 @@ pub enum FramingError {
         "adjusted frame length {frame_bytes} is less than the header \
          (lengthFieldOffset + lengthFieldLength = {header_bytes}); header skipped"
     )]
-    FrameShorterThanHeader { frame_bytes: i64, header_bytes: usize },
+    FrameShorterThanHeader {
+        frame_bytes: i64,
+        header_bytes: usize,
+    },
     /// BINARY: initialBytesToStrip is larger than the frame; the frame is skipped.
     #[error(
         "adjusted frame length {frame_bytes} is less than initialBytesToStrip \
