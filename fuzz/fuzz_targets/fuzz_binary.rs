@@ -9,7 +9,11 @@ use tcp_integration_fuzz::{check, header_and_stream, read_sizes};
 fuzz_target!(|data: &[u8]| {
     let (h, stream) = header_and_stream::<9>(data);
     let spec = BinarySpec {
-        byte_order: if h[0] & 1 == 1 { ByteOrder::LittleEndian } else { ByteOrder::BigEndian },
+        byte_order: if h[0] & 1 == 1 {
+            ByteOrder::LittleEndian
+        } else {
+            ByteOrder::BigEndian
+        },
         max_frame_bytes: usize::from(h[1]) + 1,
         length_field_offset: usize::from(h[2] % 16),
         length_field_bytes: usize::from((h[0] >> 1) % 10),
@@ -19,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let (max_frame_bytes, strip) = (spec.max_frame_bytes, spec.initial_bytes_to_strip);
     let spec = FramingSpec::Binary(spec);
-    let Ok(_) = Framer::try_new(&spec) else { return };
+    let Ok(_) = Framer::try_new(&spec) else {
+        return;
+    };
     check(
         || Framer::new(&spec),
         stream,

@@ -9,7 +9,11 @@ use tcp_integration_fuzz::{check, header_and_stream, read_sizes};
 
 fuzz_target!(|data: &[u8]| {
     let (h, stream) = header_and_stream::<5>(data);
-    let cap = if h[0] == 0 { JSON_MAX_FRAME_BYTES } else { usize::from(h[0]) };
+    let cap = if h[0] == 0 {
+        JSON_MAX_FRAME_BYTES
+    } else {
+        usize::from(h[0])
+    };
     check(
         || Framer::Json(JsonFramer::with_max_frame_bytes(cap)),
         stream,

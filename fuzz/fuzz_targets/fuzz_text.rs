@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         Delimiter::Nul => 1,
         Delimiter::Custom(bytes) => bytes.len(),
     };
-    let spec = FramingSpec::Text(TextSpec { max_frame_bytes, strip_delimiter, delimiter });
+    let spec = FramingSpec::Text(TextSpec {
+        max_frame_bytes,
+        strip_delimiter,
+        delimiter,
+    });
     let max_frame = max_frame_bytes + if strip_delimiter { 0 } else { delimiter_bytes };
     check(
         || Framer::new(&spec),

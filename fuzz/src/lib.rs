@@ -42,7 +42,11 @@ fn feed(
         while let Some(item) = framer.decode(&mut buf) {
             items.push(item.map(|frame| frame.to_vec()));
         }
-        assert!(buf.len() <= max_buffered, "{} bytes buffered > {max_buffered}", buf.len());
+        assert!(
+            buf.len() <= max_buffered,
+            "{} bytes buffered > {max_buffered}",
+            buf.len()
+        );
     }
     (items, buf.to_vec(), framer.discarded_bytes())
 }
@@ -59,7 +63,11 @@ pub fn check(
     let chunked = feed(make(), stream, read_sizes, max_buffered);
     assert_eq!(chunked, at_once, "chunking changed the result");
     for frame in at_once.0.iter().flatten() {
-        assert!(frame.len() <= max_frame_bytes, "frame of {} bytes", frame.len());
+        assert!(
+            frame.len() <= max_frame_bytes,
+            "frame of {} bytes",
+            frame.len()
+        );
     }
 }
 

@@ -35,8 +35,9 @@ enum Separator {
     Line,
     /// One byte (NUL, or a one-byte custom separator).
     Byte(u8),
-    /// A multi-byte custom separator.
-    Bytes(memmem::Finder<'static>),
+    /// A multi-byte custom separator (boxed: the searcher is ~300 bytes, and a connection's
+    /// framer should stay small).
+    Bytes(Box<memmem::Finder<'static>>),
 }
 
 /// Streaming TEXT framer of one connection.
@@ -59,7 +60,9 @@ impl TextFramer {
             Delimiter::Line => Separator::Line,
             Delimiter::Nul => Separator::Byte(0),
             Delimiter::Custom(bytes) if bytes.len() == 1 => Separator::Byte(bytes[0]),
-            Delimiter::Custom(bytes) => Separator::Bytes(memmem::Finder::new(bytes).into_owned()),
+            Delimiter::Custom(bytes) => {
+                Separator::Bytes(Box::new(memmem::Finder::new(bytes).into_owned()))
+            }
         };
         TextFramer {
             separator,
