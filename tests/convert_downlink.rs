@@ -38,14 +38,16 @@ fn encode(rt: &mut ConverterRuntime, m: &TbMsgProto) -> Vec<Bytes> {
 
 #[test]
 fn docs_encoder_sends_the_message_as_json() {
-    let config = ConverterConfig::from_json(include_str!(
-        "../examples/converters/tcp-downlink.json"
-    ))
-    .unwrap();
+    let config =
+        ConverterConfig::from_json(include_str!("../examples/converters/tcp-downlink.json"))
+            .unwrap();
     let mut rt = ConverterRuntime::new(ScriptLimits::default()).unwrap();
     rt.set_downlink(Some(&config)).unwrap();
     let out = encode(&mut rt, &msg(r#"{"firmware": "1.2", "interval":  30}"#));
-    assert_eq!(out, vec![Bytes::from_static(br#"{"firmware":"1.2","interval":30}"#)]);
+    assert_eq!(
+        out,
+        vec![Bytes::from_static(br#"{"firmware":"1.2","interval":30}"#)]
+    );
 }
 
 #[test]
@@ -56,14 +58,19 @@ fn encoder_sees_msg_metadata_type_and_integration_metadata() {
     );
     assert_eq!(
         encode(&mut rt, &msg(r#"{"a":7}"#)),
-        vec![Bytes::from_static(b"ATTRIBUTES_UPDATED|SN-002|SHARED_SCOPE|TCP|7")]
+        vec![Bytes::from_static(
+            b"ATTRIBUTES_UPDATED|SN-002|SHARED_SCOPE|TCP|7"
+        )]
     );
 }
 
 #[test]
 fn empty_data_is_the_empty_string() {
     let mut rt = runtime("return {contentType: 'TEXT', data: typeof msg + ':' + msg.length};");
-    assert_eq!(encode(&mut rt, &msg("")), vec![Bytes::from_static(b"string:0")]);
+    assert_eq!(
+        encode(&mut rt, &msg("")),
+        vec![Bytes::from_static(b"string:0")]
+    );
 }
 
 #[test]

@@ -91,7 +91,10 @@ fn a_throwing_script_fails_that_frame_only() {
         text.starts_with("the converter script failed: Error: bad frame 5\n"),
         "{text}"
     );
-    assert!(text.contains("decoder:"), "stack names the decoder script: {text}");
+    assert!(
+        text.contains("decoder:"),
+        "stack names the decoder script: {text}"
+    );
     assert_eq!(name_of(&mut rt, b"fine"), "fine");
     assert_eq!(rt.nr_rebuilds(), 0);
 }
@@ -136,17 +139,20 @@ fn compile_errors_and_compile_time_loops_are_configuration_errors() {
         .set_uplink(&ConverterConfig::js(Some("return {;".into()), None))
         .unwrap_err();
     assert_eq!(e.kind(), "compile_error");
-    assert!(e.to_string().starts_with("the converter script does not compile: SyntaxError"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("the converter script does not compile: SyntaxError"),
+        "{e}"
+    );
     // The previous decoder stays in place.
     assert_eq!(name_of(&mut rt, b"still"), "still");
 }
 
 #[test]
 fn tbel_is_rejected_clearly_at_configuration_time() {
-    let config = ConverterConfig::from_json(include_str!(
-        "../examples/converters/tbel-uplink.json"
-    ))
-    .unwrap();
+    let config =
+        ConverterConfig::from_json(include_str!("../examples/converters/tbel-uplink.json"))
+            .unwrap();
     let mut rt = ConverterRuntime::new(ScriptLimits::default()).unwrap();
     let e = rt.set_uplink(&config).unwrap_err();
     assert_eq!(e.kind(), "tbel_unsupported");

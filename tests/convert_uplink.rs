@@ -102,7 +102,10 @@ fn docs_json_decoder_types_the_seed_object() {
         br#"{"deviceName":"SN-002","deviceType":"default","temperature":25.7,"humidity":69}"#;
     let rec = decode(&mut rt, frame);
     let d = DeviceUplinkDataProto::decode(rec[0].encoded.clone()).unwrap();
-    assert_eq!((d.device_name.as_str(), d.device_type.as_str()), ("SN-002", "default"));
+    assert_eq!(
+        (d.device_name.as_str(), d.device_type.as_str()),
+        ("SN-002", "default")
+    );
     assert_eq!(
         d.post_telemetry_msg.unwrap().ts_kv_list[0].kv,
         vec![kvp_double("temperature", 25.7), kvp_long("humidity", 69)]
@@ -125,7 +128,10 @@ fn docs_binary_decoder_reads_the_stripped_frame() {
     let mut rt = runtime(BINARY_DECODER);
     let rec = decode(&mut rt, b"SN-002default25.7");
     let d = DeviceUplinkDataProto::decode(rec[0].encoded.clone()).unwrap();
-    assert_eq!((d.device_name.as_str(), d.device_type.as_str()), ("SN-002", "default"));
+    assert_eq!(
+        (d.device_name.as_str(), d.device_type.as_str()),
+        ("SN-002", "default")
+    );
     assert_eq!(
         d.post_telemetry_msg.unwrap().ts_kv_list[0].kv,
         vec![kvp_double("temperature", 25.7)]
@@ -211,7 +217,10 @@ fn every_typing_rule_applies_to_script_values() {
             kv("big", TypedValue::String("9223372036854776000".into())),
             kv("bigs", TypedValue::String("92233720368547758080".into())),
             kv("fine", TypedValue::String("0.30000000000000004".into())),
-            kv("date", TypedValue::String("1970-01-01T00:00:00.000Z".into())),
+            kv(
+                "date",
+                TypedValue::String("1970-01-01T00:00:00.000Z".into())
+            ),
         ]
     );
 }
@@ -297,7 +306,10 @@ fn assets_are_encoded_as_asset_uplink_data() {
     assert_eq!(a.asset_name, "Building 1");
     assert_eq!(a.asset_type, "building");
     assert_eq!(a.asset_label, "B1");
-    assert_eq!(a.post_attributes_msg.unwrap().kv, vec![kvp_long("floors", 3)]);
+    assert_eq!(
+        a.post_attributes_msg.unwrap().kv,
+        vec![kvp_long("floors", 3)]
+    );
     assert_eq!(
         a.post_telemetry_msg.unwrap().ts_kv_list[0].kv,
         vec![kvp_long("occupancy", 12)]
@@ -351,10 +363,19 @@ fn update_only_keys_forward_only_changed_values_per_entity() {
             e.post_attributes_msg.as_ref().unwrap().kv.len(),
         )
     };
-    assert_eq!(keys(&mut rt, b"a,1.0,5"), (vec!["fw".into(), "t".into()], 1));
+    assert_eq!(
+        keys(&mut rt, b"a,1.0,5"),
+        (vec!["fw".into(), "t".into()], 1)
+    );
     assert_eq!(keys(&mut rt, b"a,1.0,6"), (vec!["t".into()], 0));
-    assert_eq!(keys(&mut rt, b"b,1.0,6"), (vec!["fw".into(), "t".into()], 1));
-    assert_eq!(keys(&mut rt, b"a,1.1,6"), (vec!["fw".into(), "t".into()], 1));
+    assert_eq!(
+        keys(&mut rt, b"b,1.0,6"),
+        (vec!["fw".into(), "t".into()], 1)
+    );
+    assert_eq!(
+        keys(&mut rt, b"a,1.1,6"),
+        (vec!["fw".into(), "t".into()], 1)
+    );
 }
 
 fn entities_filtered(rt: &mut ConverterRuntime, frame: &[u8]) -> Vec<DeviceUplinkDataProto> {
@@ -397,7 +418,10 @@ fn metadata_holds_integration_name_and_is_fresh_per_call() {
 fn converter_update_recompiles_without_a_new_runtime() {
     let mut rt = runtime("return {deviceName: 'v1'};");
     assert_eq!(entities(&mut rt, b"x")[0].name, "v1");
-    rt.set_uplink(&ConverterConfig::js(Some("return {deviceName: 'v2'};".into()), None))
-        .unwrap();
+    rt.set_uplink(&ConverterConfig::js(
+        Some("return {deviceName: 'v2'};".into()),
+        None,
+    ))
+    .unwrap();
     assert_eq!(entities(&mut rt, b"x")[0].name, "v2");
 }

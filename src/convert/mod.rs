@@ -167,7 +167,7 @@ impl UpdateOnlyState {
             .entry((entity.kind, entity.name.clone()))
             .or_default();
         let mut keep = |slot: usize, kv: &uplink::KeyValue| -> bool {
-            if !keys.iter().any(|k| *k == kv.key) {
+            if !keys.contains(&kv.key) {
                 return true;
             }
             kv.value.write_text(scratch);
@@ -315,12 +315,14 @@ impl ConverterRuntime {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let start = entities.len();
-        let result = self.engine.call_decoder(frame, &self.metadata, |ctx, value| {
-            if let Some(raw) = raw {
-                *raw = pretty_json(ctx, &value)?;
-            }
-            uplink::read_result(ctx, value, now_ms, entities)
-        });
+        let result = self
+            .engine
+            .call_decoder(frame, &self.metadata, |ctx, value| {
+                if let Some(raw) = raw {
+                    *raw = pretty_json(ctx, &value)?;
+                }
+                uplink::read_result(ctx, value, now_ms, entities)
+            });
         if result.is_err() {
             entities.truncate(start);
         }

@@ -178,7 +178,7 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
         .bytes()
         .filter(|b| !b.is_ascii_whitespace() && *b != b':')
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         bail!("--payload-hex: odd number of hex digits ({})", digits.len());
     }
     digits
@@ -209,7 +209,10 @@ fn integration_metadata(args: &TestConverterArgs) -> anyhow::Result<Vec<(String,
         let value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("metadata file {} is not JSON", path.display()))?;
         let serde_json::Value::Object(map) = value else {
-            bail!("metadata file {} must hold a JSON object of strings", path.display());
+            bail!(
+                "metadata file {} must hold a JSON object of strings",
+                path.display()
+            );
         };
         for (k, v) in map {
             let v = match v {

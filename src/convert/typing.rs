@@ -208,7 +208,9 @@ impl DecimalLiteral {
             };
             let start = i;
             while i < bytes.len() && bytes[i].is_ascii_digit() {
-                exp = exp.saturating_mul(10).saturating_add(i64::from(bytes[i] - b'0'));
+                exp = exp
+                    .saturating_mul(10)
+                    .saturating_add(i64::from(bytes[i] - b'0'));
                 i += 1;
             }
             if i == start {
@@ -306,7 +308,9 @@ mod tests {
 
     #[test]
     fn other_strings_stay_strings() {
-        for s in ["", "-", "5.", "1e3", "abc", "1.2.3", " 5", "+5", "0x10", "NaN"] {
+        for s in [
+            "", "-", "5.", "1e3", "abc", "1.2.3", " 5", "+5", "0x10", "NaN",
+        ] {
             assert_eq!(type_string(s), TypedValue::String(s.to_string()), "{s:?}");
         }
     }
@@ -390,6 +394,9 @@ mod tests {
             TypedValue::Double(25.7).to_json().to_string(),
             r#"{"DOUBLE_V":25.7}"#
         );
-        assert_eq!(TypedValue::Long(69).to_json().to_string(), r#"{"LONG_V":69}"#);
+        assert_eq!(
+            TypedValue::Long(69).to_json().to_string(),
+            r#"{"LONG_V":69}"#
+        );
     }
 }

@@ -158,10 +158,18 @@ fn bad(message: String) -> ConvertError {
 
 /// A property that `JSON.stringify` would keep (not undefined / function / symbol), or `None`.
 /// `null` also counts as absent for the entity-level keys.
-fn prop<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, key: &str) -> Result<Option<Value<'js>>, ConvertError> {
+fn prop<'js>(
+    ctx: &Ctx<'js>,
+    obj: &Object<'js>,
+    key: &str,
+) -> Result<Option<Value<'js>>, ConvertError> {
     let v: Value = obj.get(key).map_err(|e| js_error(ctx, e))?;
     Ok(match v.type_of() {
-        Type::Undefined | Type::Null | Type::Uninitialized | Type::Function | Type::Constructor
+        Type::Undefined
+        | Type::Null
+        | Type::Uninitialized
+        | Type::Function
+        | Type::Constructor
         | Type::Symbol => None,
         _ => Some(v),
     })
@@ -208,7 +216,11 @@ fn read_entity<'js>(
         EntityKind::Device => {
             let t = opt_text("deviceType")?;
             (
-                if t.is_empty() { "default".to_string() } else { t },
+                if t.is_empty() {
+                    "default".to_string()
+                } else {
+                    t
+                },
                 opt_text("deviceLabel")?,
             )
         }
@@ -336,7 +348,10 @@ fn type_value<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> Result<Option<TypedValue>,
         | Type::Symbol => None,
         // Objects, arrays, dates, boxed values...: what JSON.stringify makes of them decides.
         _ => {
-            let text = match ctx.json_stringify(v.clone()).map_err(|e| js_error(ctx, e))? {
+            let text = match ctx
+                .json_stringify(v.clone())
+                .map_err(|e| js_error(ctx, e))?
+            {
                 Some(s) => s.to_string().map_err(|e| js_error(ctx, e))?,
                 None => return Ok(None),
             };
