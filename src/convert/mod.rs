@@ -167,7 +167,7 @@ impl UpdateOnlyState {
             .entry((entity.kind, entity.name.clone()))
             .or_default();
         let mut keep = |slot: usize, kv: &uplink::KeyValue| -> bool {
-            if !keys.iter().any(|k| *k == kv.key) {
+            if !keys.contains(&kv.key) {
                 return true;
             }
             kv.value.write_text(scratch);

@@ -400,7 +400,7 @@ pub(crate) const FORGIVING_BASE64: base64::engine::GeneralPurpose =
 fn fill_payload_values(frame: &[u8], utf16: &mut Vec<u16>, out: &mut Vec<qjs::JSValue>) {
     out.clear();
     out.reserve(frame.len());
-    let int = |v: i32| qjs::JS_MKVAL(qjs::JS_TAG_INT as i32, v);
+    let int = |v: i32| qjs::JS_MKVAL(qjs::JS_TAG_INT, v);
     if frame.is_ascii() {
         out.extend(frame.iter().map(|&b| int(i32::from(b))));
         return;

@@ -178,7 +178,7 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
         .bytes()
         .filter(|b| !b.is_ascii_whitespace() && *b != b':')
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         bail!("--payload-hex: odd number of hex digits ({})", digits.len());
     }
     digits
