@@ -437,9 +437,9 @@ mod tests {
         tally.record("a", 1, 900, 1_100); // sent before the window start
         tally.record("a", 2, 1_000, 1_250);
         tally.record("a", 2, 1_000, 1_300); // duplicate
-        tally.record("a", 3, 1_010, 1_400);
         tally.end_window(1_350);
-        tally.record("a", 4, 1_300, 1_500); // arrives after the window: latency only
+        tally.record("a", 3, 1_010, 1_400); // arrives after the window: latency only
+        tally.record("a", 4, 1_300, 1_500);
         assert_eq!(tally.records, 6);
         assert_eq!(tally.latency.len(), 3);
         assert_eq!(tally.latency.min(), 200);

@@ -189,9 +189,9 @@ impl Fleet {
 
     /// Starts the sending schedule on every connected device.
     pub fn start_sending(&self) {
-        self.shared.phase.send_replace(Phase::Sending {
-            start_us: now_us(),
-        });
+        self.shared
+            .phase
+            .send_replace(Phase::Sending { start_us: now_us() });
     }
 
     pub fn progress(&self) -> FleetProgress {
@@ -220,7 +220,9 @@ impl Fleet {
         }
         abort_timer.abort();
         let s = &self.shared;
-        let lock = |h: &Mutex<Histogram<u64>>| histogram_to_pairs(&h.lock().unwrap_or_else(|e| e.into_inner()));
+        let lock = |h: &Mutex<Histogram<u64>>| {
+            histogram_to_pairs(&h.lock().unwrap_or_else(|e| e.into_inner()))
+        };
         FleetReport {
             first_index: s.config.first_index,
             sent: s.sent.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
@@ -249,9 +251,7 @@ async fn spawn_devices(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
         }
         if matches!(*phase.borrow(), Phase::Stopping | Phase::Abort) {
             // Devices never started count as failed attempts, not as silent ones.
-            shared
-                .connect_errors
-                .fetch_add(n - i, Ordering::Relaxed);
+            shared.connect_errors.fetch_add(n - i, Ordering::Relaxed);
             shared.attempts_done.fetch_add(n - i, Ordering::Relaxed);
             break;
         }
@@ -388,8 +388,7 @@ async fn send_at_rate(
 ) -> std::io::Result<()> {
     let format = shared.config.format;
     let period_us = 1e6 / per_connection_fps;
-    let t0_us =
-        start_us as f64 + phase_fraction(shared.config.first_index + i) * period_us;
+    let t0_us = start_us as f64 + phase_fraction(shared.config.first_index + i) * period_us;
     let due = |k: u64| (t0_us + k as f64 * period_us) as u64;
     let mut phase = shared.phase.subscribe();
     let mut buf = Vec::with_capacity(128);
@@ -537,12 +536,21 @@ mod tests {
             connect_rate: 0.0,
             read_downlinks: false,
         });
-        assert_eq!(fleet.wait_connected(Duration::from_secs(5)).await.established, 1);
+        assert_eq!(
+            fleet
+                .wait_connected(Duration::from_secs(5))
+                .await
+                .established,
+            1
+        );
         fleet.start_sending();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let report = fleet.stop().await;
         let bytes = reader.await.unwrap();
-        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&[u8]> = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         assert_eq!(lines.len() as u64, report.sent[0]);
         assert_eq!(report.sent[0] % 3, 0);
         let last = crate::frames::parse_text_record(lines[lines.len() - 1]).unwrap();

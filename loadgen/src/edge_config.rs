@@ -7,7 +7,9 @@
 //! a measurement reflects the per-frame converter work a real user pays for.
 
 use serde_json::{Value, json};
-use tcp_integration::proto::integration::{ConverterConfigurationProto, IntegrationConfigurationProto};
+use tcp_integration::proto::integration::{
+    ConverterConfigurationProto, IntegrationConfigurationProto,
+};
 
 use crate::frames::Format;
 

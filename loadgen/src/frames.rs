@@ -121,7 +121,9 @@ pub struct TextRecord<'a> {
 
 /// Parses `name,type,seq,sent_us,temperature` (what the TEXT decoder does, in Rust).
 pub fn parse_text_record(frame: &[u8]) -> Option<TextRecord<'_>> {
-    let text = std::str::from_utf8(frame).ok()?.trim_end_matches(['\r', '\n']);
+    let text = std::str::from_utf8(frame)
+        .ok()?
+        .trim_end_matches(['\r', '\n']);
     let mut parts = text.split(',');
     let device_name = parts.next()?;
     let device_type = parts.next()?;
@@ -150,7 +152,10 @@ pub struct DownlinkStamp {
 
 /// The TbMsg `data` JSON of a downlink.
 pub fn downlink_data(stamp: DownlinkStamp) -> String {
-    format!("{{\"dl_id\":{},\"sink_us\":{}}}", stamp.dl_id, stamp.sink_us)
+    format!(
+        "{{\"dl_id\":{},\"sink_us\":{}}}",
+        stamp.dl_id, stamp.sink_us
+    )
 }
 
 /// Finds `"dl_id"` and `"sink_us"` in one downlink line (the encoder's `JSON.stringify(msg)`).

@@ -59,7 +59,9 @@ mod tests {
         client.write_all(b"a\nbb\nccc").await.unwrap();
         drop(client);
         for _ in 0..200 {
-            if stats.bytes.load(Ordering::Relaxed) == 8 && stats.connections.load(Ordering::Relaxed) == 0 {
+            if stats.bytes.load(Ordering::Relaxed) == 8
+                && stats.connections.load(Ordering::Relaxed) == 0
+            {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -54,10 +54,11 @@ fn clock_ticks_per_s() -> f64 {
 
 /// Reads CPU time and memory of `pid`.
 pub fn sample(pid: u32) -> Result<ProcSample, ProcError> {
-    let read = |file: &'static str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .map_err(|source| ProcError::Read { pid, file, source })
-    };
+    let read =
+        |file: &'static str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map_err(|source| ProcError::Read { pid, file, source })
+        };
     let stat = read("stat")?;
     let status = read("status")?;
     let ticks = parse_stat_cpu_ticks(&stat).ok_or(ProcError::Format { pid, file: "stat" })?;

@@ -70,7 +70,11 @@ pub enum CapacityError {
 }
 
 /// Checks that `connections` split over `procs` processes fit under `nofile_limit` each.
-pub fn check_capacity(connections: u64, procs: u32, nofile_limit: u64) -> Result<(), CapacityError> {
+pub fn check_capacity(
+    connections: u64,
+    procs: u32,
+    nofile_limit: u64,
+) -> Result<(), CapacityError> {
     let procs = procs.max(1);
     let per_proc = connections.div_ceil(procs as u64);
     let per_process_max = nofile_limit.saturating_sub(RESERVED_FDS);
@@ -364,7 +368,10 @@ mod tests {
             read_downlinks: false,
         };
         let parts = split_fleet(&config, 3);
-        let ranges: Vec<(u64, u64)> = parts.iter().map(|c| (c.first_index, c.connections)).collect();
+        let ranges: Vec<(u64, u64)> = parts
+            .iter()
+            .map(|c| (c.first_index, c.connections))
+            .collect();
         assert_eq!(ranges, vec![(0, 4), (4, 4), (8, 2)]);
         assert_eq!(parts[0].connect_rate, 100.0);
     }

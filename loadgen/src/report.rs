@@ -123,7 +123,10 @@ impl Report {
         row(
             &mut out,
             "window",
-            format!("{:.2} s after {:.2} s warm-up", self.window_s, self.warmup_s),
+            format!(
+                "{:.2} s after {:.2} s warm-up",
+                self.window_s, self.warmup_s
+            ),
         );
         row(
             &mut out,

@@ -131,7 +131,11 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
     if let Some(task) = progress_task {
         let _ = task.await;
     }
-    let taken = devices.lock().await.take().context("devices already stopped")?;
+    let taken = devices
+        .lock()
+        .await
+        .take()
+        .context("devices already stopped")?;
     let fleet_reports = taken.stop().await?;
     let sent_total: u64 = fleet_reports.iter().flat_map(|r| r.sent.iter()).sum();
     if let Some(sink) = sink {
@@ -163,7 +167,13 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
     report.sent_fps = report.sent_in_window as f64 / window_s;
     fill_fleet_figures(&mut report, &fleet_reports);
     if let Some(sink) = sink {
-        fill_sink_figures(&mut report, sink, &fleet_reports, &opts.fleet.name_prefix, opts.downlink_rate);
+        fill_sink_figures(
+            &mut report,
+            sink,
+            &fleet_reports,
+            &opts.fleet.name_prefix,
+            opts.downlink_rate,
+        );
     }
     if let (Some(pid), Some(before), Some(start), Some(end)) =
         (opts.server_pid, server_before, server_start, server_end)
@@ -230,7 +240,11 @@ fn fill_sink_figures(
         0.0
     };
     report.malformed_records = tally.malformed;
-    report.loss = Some(tally.ledger.reconcile(sent.iter().map(|(n, s)| (n.as_str(), *s))));
+    report.loss = Some(
+        tally
+            .ledger
+            .reconcile(sent.iter().map(|(n, s)| (n.as_str(), *s))),
+    );
     report.latency = LatencySummary::from_histogram(&tally.latency);
     drop(tally);
     if downlink_rate > 0.0 {
@@ -269,7 +283,11 @@ pub fn server_figures(
         } else {
             0.0
         },
-        frames_per_cpu_s: if cpu_s > 0.0 { frames as f64 / cpu_s } else { 0.0 },
+        frames_per_cpu_s: if cpu_s > 0.0 {
+            frames as f64 / cpu_s
+        } else {
+            0.0
+        },
         rss_before_kib: before.rss_kib,
         rss_after_kib: end.rss_kib,
         peak_rss_kib: end.hwm_kib,

@@ -225,9 +225,10 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<RequestMsg>, tx: Re
         };
         if downlinks.is_none() {
             // Not connected yet: only a CONNECT counts; early uplinks are ignored, as Edge does.
-            let Some(connect) = msg.connect_request_msg.filter(|_| {
-                msg.message_type == MessageType::ConnectRpcMessage as i32
-            }) else {
+            let Some(connect) = msg
+                .connect_request_msg
+                .filter(|_| msg.message_type == MessageType::ConnectRpcMessage as i32)
+            else {
                 continue;
             };
             let refusal = if connect.integration_routing_key != shared.config.routing_key {
