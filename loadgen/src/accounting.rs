@@ -37,12 +37,12 @@ pub struct SeqTracker {
 impl SeqTracker {
     pub fn record(&mut self, seq: u64) -> SeqOutcome {
         // Fast path: the next seq after the highest range (in-order delivery).
-        if let Some(mut last) = self.ranges.last_entry() {
-            if *last.get() == seq {
-                *last.get_mut() = seq + 1;
-                self.distinct += 1;
-                return SeqOutcome::New;
-            }
+        if let Some(mut last) = self.ranges.last_entry()
+            && *last.get() == seq
+        {
+            *last.get_mut() = seq + 1;
+            self.distinct += 1;
+            return SeqOutcome::New;
         }
         if let Some((&start, &end)) = self.ranges.range(..=seq).next_back() {
             if seq < end {

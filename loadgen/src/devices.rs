@@ -206,10 +206,7 @@ impl Fleet {
     /// Stops sending, closes the connections and reports.
     pub async fn stop(self) -> FleetReport {
         self.shared.phase.send_replace(Phase::Stopping);
-        let tasks = match self.spawner.await {
-            Ok(tasks) => tasks,
-            Err(_) => Vec::new(),
-        };
+        let tasks: Vec<JoinHandle<()>> = self.spawner.await.unwrap_or_default();
         let shared = self.shared.clone();
         let abort_timer = tokio::spawn(async move {
             tokio::time::sleep(STOP_GRACE).await;

@@ -169,10 +169,10 @@ impl Args {
 
     fn fleet(&self) -> anyhow::Result<FleetConfig> {
         let schedule = self.schedule()?;
-        if let Schedule::Rate { per_connection_fps } = schedule {
-            if per_connection_fps <= 0.0 || per_connection_fps.is_nan() {
-                bail!("the frame rate must be positive");
-            }
+        if let Schedule::Rate { per_connection_fps } = schedule
+            && !(per_connection_fps > 0.0 && per_connection_fps.is_finite())
+        {
+            bail!("the frame rate must be positive");
         }
         let last_name = device_name(&self.name_prefix, self.connections.saturating_sub(1));
         check_name_fits(self.format, &last_name)?;
@@ -288,18 +288,19 @@ async fn run_sink_only(args: &Args) -> anyhow::Result<()> {
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let mut window_started = false;
+    let mut window_start_us: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }
-        if !window_started
+        let now = tcp_loadgen::clock::now_us();
+        if window_start_us.is_none()
             && sink.sessions_accepted() > 0
-            && tcp_loadgen::clock::now_us() - started_us >= secs(args.warmup).as_micros() as u64
+            && now - started_us >= secs(args.warmup).as_micros() as u64
         {
-            sink.tally().start_window(tcp_loadgen::clock::now_us());
-            window_started = true;
+            sink.tally().start_window(now);
+            window_start_us = Some(now);
         }
         let (records, latency) = sink.tally().take_interval();
         if !args.quiet {
@@ -311,6 +312,7 @@ async fn run_sink_only(args: &Args) -> anyhow::Result<()> {
         }
     }
     let end_us = tcp_loadgen::clock::now_us();
+    let window_s = window_start_us.map_or(0.0, |start| (end_us - start) as f64 / 1e6);
     let tally = sink.tally();
     let report = Report {
         mode: "sink-only".into(),
@@ -319,7 +321,12 @@ async fn run_sink_only(args: &Args) -> anyhow::Result<()> {
         delivered_in_window: tally.delivered_in_window,
         uplink_msgs: tally.uplink_msgs,
         malformed_records: tally.malformed,
-        window_s: (end_us - started_us) as f64 / 1e6,
+        window_s,
+        delivered_fps: if window_s > 0.0 {
+            tally.delivered_in_window as f64 / window_s
+        } else {
+            0.0
+        },
         latency: LatencySummary::from_histogram(&tally.latency),
         ..Default::default()
     };

@@ -38,7 +38,7 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// The KiB value of a `status` line such as `VmRSS:	  1234 kB`.
+/// The KiB value of a `status` line such as `VmRSS:    1234 kB`.
 pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let value = line.strip_prefix(key)?.strip_prefix(':')?;

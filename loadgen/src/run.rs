@@ -120,12 +120,12 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
     }
     let server_end = opts.server_pid.map(procfs::sample).transpose()?;
     let sent_at_end = progress_sent(&devices).await;
-    if let Some(sink) = sink {
-        if opts.downlink_rate > 0.0 {
-            sink.set_downlink_rate(0.0);
-            // Let downlinks in flight reach the devices before they close.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+    if let Some(sink) = sink
+        && opts.downlink_rate > 0.0
+    {
+        sink.set_downlink_rate(0.0);
+        // Let downlinks in flight reach the devices before they close.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     stop_progress.store(true, Ordering::Relaxed);
     if let Some(task) = progress_task {
