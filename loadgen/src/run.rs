@@ -41,6 +41,34 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// Waits for the integration's CONNECT; fails early when the server process has gone.
+async fn wait_for_integration(sink: &Sink, opts: &RunOptions) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + opts.integration_wait;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if sink
+            .wait_for_integration(remaining.min(Duration::from_secs(1)))
+            .await
+        {
+            return Ok(());
+        }
+        if let Some(pid) = opts.server_pid
+            && procfs::sample(pid).is_err()
+        {
+            bail!("the server process {pid} exited before connecting to the sink");
+        }
+        if remaining.is_zero() {
+            bail!(
+                "no integration connected to the sink at {} within {:?} (check RPC_HOST/RPC_PORT, \
+                 routing key and secret; rejected sessions: {})",
+                sink.local_addr(),
+                opts.integration_wait,
+                sink.sessions_rejected()
+            );
+        }
+    }
+}
+
 /// Waits until something accepts TCP connections on `target`.
 pub async fn wait_for_port(target: SocketAddr, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -66,15 +94,7 @@ fn schedule_figures(schedule: Schedule) -> (&'static str, f64, u64) {
 /// Runs the devices against `opts.fleet.target`, counting at `sink` when given.
 pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Report> {
     if let Some(sink) = sink {
-        if !sink.wait_for_integration(opts.integration_wait).await {
-            bail!(
-                "no integration connected to the sink at {} within {:?} (check RPC_HOST/RPC_PORT, \
-                 routing key and secret; rejected sessions: {})",
-                sink.local_addr(),
-                opts.integration_wait,
-                sink.sessions_rejected()
-            );
-        }
+        wait_for_integration(sink, opts).await?;
         if !wait_for_port(opts.fleet.target, opts.integration_wait).await {
             bail!(
                 "the integration connected but nothing listens on {} after {:?}",
