@@ -1,0 +1,417 @@
+//! The embedded sink: a ThingsBoard Edge stand-in serving `IntegrationTransport.handleMsgs`.
+//!
+//! It checks the integration's routing key and secret, answers CONNECT with the configuration
+//! for the chosen format ([`crate::edge_config`]), acknowledges every UplinkMsg with
+//! `UplinkResponseMsg{success:true}` in request order, and counts each telemetry record in a
+//! [`Tally`]. With a downlink rate set it sends `DownlinkMsg`s (type `ATTRIBUTES_UPDATED`,
+//! data `{"dl_id":N,"sink_us":T}`) round-robin to the devices that have sent uplinks.
+//!
+//! Invariants: one response per uplink request, in order, on the same stream (the response
+//! channel is FIFO and only the session task writes uplink responses); `sink_us` is stamped
+//! right before the downlink is queued, from [`crate::clock`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tcp_integration::proto::integration::{
+    ConnectResponseCode, ConnectResponseMsg, DeviceDownlinkDataProto, DownlinkMsg,
+    IntegrationConfigurationProto, MessageType, RequestMsg, ResponseMsg, UplinkMsg,
+    UplinkResponseMsg,
+    integration_transport_server::{IntegrationTransport, IntegrationTransportServer},
+};
+use tcp_integration::proto::msgqueue::TbMsgProto;
+use tcp_integration::proto::transport::{KeyValueProto, KeyValueType};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::accounting::Tally;
+use crate::clock::now_us;
+use crate::edge_config::{IntegrationSettings, integration_configuration};
+use crate::frames::{DEVICE_TYPE, DownlinkStamp, downlink_data};
+
+/// Responses queued per session before the session task waits for the client to read.
+const RESPONSE_QUEUE_MSGS: usize = 4096;
+/// Most downlinks sent in one wake-up when the timer fell behind.
+const MAX_DOWNLINK_BURST: u64 = 1000;
+
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("cannot listen for the integration on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What the sink accepts and hands out.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub routing_key: String,
+    pub secret: String,
+    pub integration: IntegrationSettings,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: SinkConfig,
+    configuration: IntegrationConfigurationProto,
+    tally: Mutex<Tally>,
+    sessions_accepted: AtomicU64,
+    sessions_rejected: AtomicU64,
+    session_started: Notify,
+    downlink_rate: watch::Sender<f64>,
+    downlinks_sent: AtomicU64,
+    next_downlink_id: AtomicU64,
+}
+
+/// A running sink.
+#[derive(Debug)]
+pub struct Sink {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl Sink {
+    /// Binds `listen` (port 0 allowed) and starts serving.
+    pub async fn start(listen: SocketAddr, config: SinkConfig) -> Result<Sink, SinkError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| SinkError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| SinkError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let (downlink_rate, _) = watch::channel(0.0);
+        let shared = Arc::new(Shared {
+            configuration: integration_configuration(&config.integration),
+            config,
+            tally: Mutex::new(Tally::default()),
+            sessions_accepted: AtomicU64::new(0),
+            sessions_rejected: AtomicU64::new(0),
+            session_started: Notify::new(),
+            downlink_rate,
+            downlinks_sent: AtomicU64::new(0),
+            next_downlink_id: AtomicU64::new(0),
+        });
+        let service = IntegrationTransportServer::new(Transport {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(64 * 1024 * 1024);
+        let server = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+            if let Err(e) = result {
+                eprintln!("sink: gRPC server stopped: {e}");
+            }
+        });
+        Ok(Sink {
+            shared,
+            local_addr,
+            server,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until an integration has connected with the right key and secret.
+    pub async fn wait_for_integration(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.session_started.notified();
+            if self.sessions_accepted() > 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.sessions_accepted() > 0;
+            }
+        }
+    }
+
+    pub fn sessions_accepted(&self) -> u64 {
+        self.shared.sessions_accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn sessions_rejected(&self) -> u64 {
+        self.shared.sessions_rejected.load(Ordering::Relaxed)
+    }
+
+    /// The sink's counters (locked; keep the guard short).
+    pub fn tally(&self) -> MutexGuard<'_, Tally> {
+        lock(&self.shared.tally)
+    }
+
+    /// A cloneable handle on the counters, for tasks that outlive a borrow of the sink.
+    pub fn probe(&self) -> SinkProbe {
+        SinkProbe(self.shared.clone())
+    }
+
+    /// Downlinks per second over all devices; 0 stops them.
+    pub fn set_downlink_rate(&self, per_s: f64) {
+        self.shared.downlink_rate.send_replace(per_s.max(0.0));
+    }
+
+    pub fn downlinks_sent(&self) -> u64 {
+        self.shared.downlinks_sent.load(Ordering::Relaxed)
+    }
+
+    /// The configuration handed to integrations.
+    pub fn configuration(&self) -> &IntegrationConfigurationProto {
+        &self.shared.configuration
+    }
+
+    /// Stops serving (open streams are dropped).
+    pub fn shutdown(self) {
+        self.server.abort();
+    }
+}
+
+/// Read access to a sink's counters from another task.
+#[derive(Debug, Clone)]
+pub struct SinkProbe(Arc<Shared>);
+
+impl SinkProbe {
+    pub fn tally(&self) -> MutexGuard<'_, Tally> {
+        lock(&self.0.tally)
+    }
+}
+
+fn lock(tally: &Mutex<Tally>) -> MutexGuard<'_, Tally> {
+    // A panic while counting leaves counts that are still meaningful; keep going.
+    tally.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Transport {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl IntegrationTransport for Transport {
+    type handleMsgsStream = ReceiverStream<Result<ResponseMsg, Status>>;
+
+    async fn handle_msgs(
+        &self,
+        request: Request<Streaming<RequestMsg>>,
+    ) -> Result<Response<Self::handleMsgsStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE_MSGS);
+        tokio::spawn(session(self.shared.clone(), inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type Responses = mpsc::Sender<Result<ResponseMsg, Status>>;
+
+/// One integration stream: CONNECT, then uplinks until the client goes away.
+async fn session(shared: Arc<Shared>, mut inbound: Streaming<RequestMsg>, tx: Responses) {
+    let mut downlinks: Option<JoinHandle<()>> = None;
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) | Err(_) => break,
+        };
+        if downlinks.is_none() {
+            // Not connected yet: only a CONNECT counts; early uplinks are ignored, as Edge does.
+            let Some(connect) = msg
+                .connect_request_msg
+                .filter(|_| msg.message_type == MessageType::ConnectRpcMessage as i32)
+            else {
+                continue;
+            };
+            let refusal = if connect.integration_routing_key != shared.config.routing_key {
+                Some(format!(
+                    "Failed to find the integration! Routing key: {}",
+                    connect.integration_routing_key
+                ))
+            } else if connect.integration_secret != shared.config.secret {
+                Some("Failed to validate the integration!".to_string())
+            } else {
+                None
+            };
+            if let Some(error_msg) = refusal {
+                shared.sessions_rejected.fetch_add(1, Ordering::Relaxed);
+                let response = ResponseMsg {
+                    connect_response_msg: Some(ConnectResponseMsg {
+                        response_code: ConnectResponseCode::BadCredentials as i32,
+                        error_msg: error_msg.clone(),
+                        configuration: Some(IntegrationConfigurationProto::default()),
+                    }),
+                    ..Default::default()
+                };
+                let _ = tx.send(Ok(response)).await;
+                let _ = tx.send(Err(Status::unknown(error_msg))).await;
+                return;
+            }
+            let response = ResponseMsg {
+                connect_response_msg: Some(ConnectResponseMsg {
+                    response_code: ConnectResponseCode::Accepted as i32,
+                    error_msg: String::new(),
+                    configuration: Some(shared.configuration.clone()),
+                }),
+                ..Default::default()
+            };
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+            downlinks = Some(tokio::spawn(send_downlinks(shared.clone(), tx.clone())));
+            shared.sessions_accepted.fetch_add(1, Ordering::Relaxed);
+            shared.session_started.notify_waiters();
+            continue;
+        }
+        if msg.message_type != MessageType::UplinkRpcMessage as i32 {
+            continue; // a second CONNECT on a connected stream gets no reply
+        }
+        let Some(uplink) = msg.uplink_msg else {
+            continue;
+        };
+        count_uplink(&shared.tally, &uplink, now_us());
+        let ack = ResponseMsg {
+            uplink_response_msg: Some(UplinkResponseMsg {
+                success: true,
+                error_msg: String::new(),
+            }),
+            ..Default::default()
+        };
+        if tx.send(Ok(ack)).await.is_err() {
+            break;
+        }
+    }
+    if let Some(task) = downlinks {
+        task.abort();
+    }
+}
+
+/// A kv value as an unsigned integer, whatever type the converter typing gave it.
+fn kv_u64(kv: &KeyValueProto) -> Option<u64> {
+    match KeyValueType::try_from(kv.r#type).ok()? {
+        KeyValueType::LongV => u64::try_from(kv.long_v).ok(),
+        KeyValueType::DoubleV if kv.double_v >= 0.0 && kv.double_v.fract() == 0.0 => {
+            Some(kv.double_v as u64)
+        }
+        KeyValueType::StringV => kv.string_v.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Counts every `{seq, sent_us}` telemetry entry of one UplinkMsg.
+pub fn count_uplink(tally: &Mutex<Tally>, uplink: &UplinkMsg, arrival_us: u64) {
+    let mut tally = lock(tally);
+    tally.uplink_msgs += 1;
+    for device in &uplink.device_data {
+        let entries = device
+            .post_telemetry_msg
+            .as_ref()
+            .map(|t| t.ts_kv_list.as_slice())
+            .unwrap_or_default();
+        if entries.is_empty() {
+            tally.record_malformed();
+        }
+        for entry in entries {
+            let mut seq = None;
+            let mut sent_us = None;
+            for kv in &entry.kv {
+                match kv.key.as_str() {
+                    "seq" => seq = kv_u64(kv),
+                    "sent_us" => sent_us = kv_u64(kv),
+                    _ => {}
+                }
+            }
+            match (seq, sent_us, device.device_name.is_empty()) {
+                (Some(seq), Some(sent_us), false) => {
+                    tally.record(&device.device_name, seq, sent_us, arrival_us)
+                }
+                _ => tally.record_malformed(),
+            }
+        }
+    }
+}
+
+/// Sends downlinks at the configured rate to devices seen so far, round-robin.
+async fn send_downlinks(shared: Arc<Shared>, tx: Responses) {
+    let mut rate_rx = shared.downlink_rate.subscribe();
+    let mut next_device = 0usize;
+    loop {
+        let rate = *rate_rx.borrow_and_update();
+        if rate <= 0.0 {
+            if rate_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let period_us = 1e6 / rate;
+        let start_us = now_us();
+        let mut k = 0u64;
+        loop {
+            let due_us = start_us + (k as f64 * period_us) as u64;
+            let now = now_us();
+            if due_us > now {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_micros(due_us - now)) => {}
+                    changed = rate_rx.changed() => {
+                        if changed.is_err() { return; }
+                        break;
+                    }
+                }
+                continue;
+            }
+            let mut burst = 0;
+            while burst < MAX_DOWNLINK_BURST && start_us + (k as f64 * period_us) as u64 <= now {
+                k += 1;
+                burst += 1;
+                let device_name = {
+                    let tally = lock(&shared.tally);
+                    let seen = tally.ledger.seen_devices();
+                    if seen.is_empty() {
+                        continue;
+                    }
+                    next_device %= seen.len();
+                    let name = seen[next_device].to_string();
+                    next_device += 1;
+                    name
+                };
+                let dl_id = shared.next_downlink_id.fetch_add(1, Ordering::Relaxed);
+                let msg = downlink_msg(device_name, dl_id, now_us());
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                shared.downlinks_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The DownlinkMsg a rule-engine attribute update would produce.
+pub fn downlink_msg(device_name: String, dl_id: u64, sink_us: u64) -> ResponseMsg {
+    ResponseMsg {
+        downlink_msg: Some(DownlinkMsg {
+            device_data: Some(DeviceDownlinkDataProto {
+                device_name,
+                device_type: DEVICE_TYPE.to_string(),
+                tb_msg_proto: Some(TbMsgProto {
+                    id: format!("00000000-0000-0000-0000-{dl_id:012x}"),
+                    r#type: "ATTRIBUTES_UPDATED".to_string(),
+                    entity_type: "DEVICE".to_string(),
+                    data_type: 0,
+                    data: downlink_data(DownlinkStamp { dl_id, sink_us }),
+                    ts: 0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
+}
