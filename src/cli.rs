@@ -18,6 +18,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Run the remote TCP integration: connect to ThingsBoard Edge with the integration key and
     /// secret, receive the integration's configuration and converters, serve devices.

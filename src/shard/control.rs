@@ -52,7 +52,7 @@ pub(super) enum ConnCommand {
     /// along so that it can be held again if the connection closes before writing.
     Write {
         bytes: Bytes,
-        downlink: DeviceDownlinkDataProto,
+        downlink: Box<DeviceDownlinkDataProto>,
     },
     /// Close the connection (listener change, integration disabled, shutdown).
     Close,

@@ -53,7 +53,7 @@ pub enum ShardEvent {
     /// A downlink whose connection was gone by the time the shard got it: hold it again.
     Undelivered {
         device: String,
-        downlink: DeviceDownlinkDataProto,
+        downlink: Box<DeviceDownlinkDataProto>,
     },
 }
 
@@ -61,7 +61,7 @@ pub enum ShardEvent {
 #[derive(Debug)]
 pub struct DownlinkCommand {
     pub conn_id: u64,
-    pub downlink: DeviceDownlinkDataProto,
+    pub downlink: Box<DeviceDownlinkDataProto>,
 }
 
 /// What a shard serves; replaced as a whole when ThingsBoard sends a new configuration.

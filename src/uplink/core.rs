@@ -144,7 +144,7 @@ struct Core {
     options: UplinkCoreOptions,
     session: SessionHandle,
     spool: Spool,
-    router: Router<DeviceDownlinkDataProto>,
+    router: Router<Box<DeviceDownlinkDataProto>>,
     shard_downlinks: Vec<mpsc::Sender<DownlinkCommand>>,
     shard_config: watch::Sender<ShardConfig>,
     integration: Option<IntegrationConfigurationProto>,
@@ -290,7 +290,9 @@ impl Core {
             SessionEvent::Downlink(downlink) => {
                 metrics::inc(Counter::DownlinksReceived);
                 let device = downlink.device_name.clone();
-                let route = self.router.route(&device, downlink, Instant::now());
+                let route = self
+                    .router
+                    .route(&device, Box::new(downlink), Instant::now());
                 self.dispatch(&device, route);
             }
             SessionEvent::UplinkAck { success, error_msg } => self.on_ack(success, &error_msg),
@@ -369,7 +371,7 @@ impl Core {
         }
     }
 
-    fn dispatch(&mut self, device: &str, route: Route<DeviceDownlinkDataProto>) {
+    fn dispatch(&mut self, device: &str, route: Route<Box<DeviceDownlinkDataProto>>) {
         match route {
             Route::Deliver(conn, downlink) => self.send_to_shard(conn, downlink),
             Route::Held { dropped } => {
@@ -386,7 +388,7 @@ impl Core {
         }
     }
 
-    fn send_to_shard(&mut self, conn: ConnRef, downlink: DeviceDownlinkDataProto) {
+    fn send_to_shard(&mut self, conn: ConnRef, downlink: Box<DeviceDownlinkDataProto>) {
         let Some(inbox) = self.shard_downlinks.get(conn.shard) else {
             return;
         };
