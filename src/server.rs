@@ -149,18 +149,23 @@ impl Drop for Server {
 
 /// Runs until SIGINT or SIGTERM, then shuts down cleanly.
 pub fn run(options: ServerOptions) -> anyhow::Result<()> {
-    let server = Server::start(options)?;
+    use tokio::signal::unix::{SignalKind, signal};
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    signals.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
-        anyhow::Ok(())
+    // Handlers first: a signal that arrives while the threads start must not kill the process.
+    let (mut interrupt, mut terminate) = signals.block_on(async {
+        anyhow::Ok((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
     })?;
+    let nr_shards = options.shard.nr_shards;
+    let server = Server::start(options)?;
+    tracing::info!(nr_shards, "started; waiting for the configuration from ThingsBoard (SIGINT/SIGTERM stops)");
+    signals.block_on(async {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    });
     server.shutdown()
 }
 

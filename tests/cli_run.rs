@@ -19,6 +19,52 @@ fn binary() -> Command {
     cmd
 }
 
+/// Starts `run` (which serves until a signal), waits until its output contains `needle`, then
+/// stops it with SIGTERM as an operator would; returns its exit status and output.
+fn run_until_logged(cmd: &mut Command, needle: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let spool = tempfile::tempdir().unwrap();
+    let mut child = cmd
+        .env("TCPI_SPOOL_DIR", spool.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        (text, reader)
+    };
+    let (stdout, out_reader) = collect(Box::new(child.stdout.take().unwrap()));
+    let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !format!("{}{}", stdout.lock().unwrap(), stderr.lock().unwrap()).contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "never logged {needle:?}");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run exited early with {status}: {}", stderr.lock().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    out_reader.join().unwrap();
+    err_reader.join().unwrap();
+    let out = stdout.lock().unwrap().clone();
+    let err = stderr.lock().unwrap().clone();
+    (status, out, err)
+}
+
 fn run(cmd: &mut Command) -> (Output, String, String) {
     let output = cmd.output().unwrap();
     let stdout = String::from_utf8(output.stdout.clone()).unwrap();
@@ -43,11 +89,15 @@ fn printed_default_config_is_accepted_by_run_config() {
     let path = dir.path().join("tcpi.toml");
     let (_, printed, _) = run(binary().args(["run", "--print-default-config"]));
     std::fs::write(&path, printed).unwrap();
-    let (output, stdout, stderr) = run(binary()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env("INTEGRATION_ROUTING_KEY", "rk")
-        .env("INTEGRATION_SECRET", "sec"));
-    assert!(output.status.success(), "{stderr}");
+    let (status, stdout, stderr) = run_until_logged(
+        binary()
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("INTEGRATION_ROUTING_KEY", "rk")
+            .env("INTEGRATION_SECRET", "sec")
+            .env("RPC_PORT", "1"),
+        "started; waiting for the configuration",
+    );
+    assert!(status.success(), "{stderr}");
     assert!(stdout.contains("effective settings"), "{stdout}");
 }
 
@@ -69,11 +119,14 @@ fn run_without_credentials_says_what_to_set() {
 
 #[test]
 fn run_logs_effective_settings_with_the_secret_masked() {
-    let (output, stdout, stderr) = run(binary()
-        .args(["run", "--routing-key", "rk-42", "--rpc-host", "edge.test"])
-        .env("INTEGRATION_SECRET", "very-secret-value")
-        .env("RPC_KEEP_ALIVE_TIME_SEC", "10"));
-    assert!(output.status.success(), "{stderr}");
+    let (status, stdout, stderr) = run_until_logged(
+        binary()
+            .args(["run", "--routing-key", "rk-42", "--rpc-host", "edge.test"])
+            .env("INTEGRATION_SECRET", "very-secret-value")
+            .env("RPC_KEEP_ALIVE_TIME_SEC", "10"),
+        "started; waiting for the configuration",
+    );
+    assert!(status.success(), "{stderr}");
     let log = format!("{stdout}{stderr}");
     assert!(!log.contains("very-secret-value"), "{log}");
     assert!(log.contains("secret: ***"), "{log}");

@@ -398,7 +398,7 @@ fn out_of_range_values_name_key_value_and_range() {
     assert_eq!(
         err.to_string(),
         "invalid setting `spool.max_bytes` (flag --spool-max-bytes, env TCPI_SPOOL_MAX_BYTES): \
-         10; allowed: 1048576..=1125899906842624"
+         10; allowed: 4096..=1125899906842624"
     );
 }
 
