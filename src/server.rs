@@ -155,11 +155,17 @@ pub fn run(options: ServerOptions) -> anyhow::Result<()> {
         .build()?;
     // Handlers first: a signal that arrives while the threads start must not kill the process.
     let (mut interrupt, mut terminate) = signals.block_on(async {
-        anyhow::Ok((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+        anyhow::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
     })?;
     let nr_shards = options.shard.nr_shards;
     let server = Server::start(options)?;
-    tracing::info!(nr_shards, "started; waiting for the configuration from ThingsBoard (SIGINT/SIGTERM stops)");
+    tracing::info!(
+        nr_shards,
+        "started; waiting for the configuration from ThingsBoard (SIGINT/SIGTERM stops)"
+    );
     signals.block_on(async {
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),

@@ -40,7 +40,9 @@ fn run_until_logged(cmd: &mut Command, needle: &str) -> (std::process::ExitStatu
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         (text, reader)
@@ -49,7 +51,10 @@ fn run_until_logged(cmd: &mut Command, needle: &str) -> (std::process::ExitStatu
     let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !format!("{}{}", stdout.lock().unwrap(), stderr.lock().unwrap()).contains(needle) {
-        assert!(std::time::Instant::now() < deadline, "never logged {needle:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {needle:?}"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("run exited early with {status}: {}", stderr.lock().unwrap());
         }

@@ -194,6 +194,6 @@ fn normalisation_error_goes_to_stderr() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
-        "error: Either 'deviceName' or 'assetName' should be present in the converter output!\n"
+        "tcp-integration: Either 'deviceName' or 'assetName' should be present in the converter output!\n"
     );
 }
