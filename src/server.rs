@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::http::MetricsEndpoint;
 use crate::shard::{self, ShardChannels, ShardConfig, ShardSettings};
 use crate::uplink::core::{self, UplinkCoreChannels, UplinkCoreOptions};
 
@@ -29,6 +30,8 @@ pub struct ServerOptions {
     pub uplink_core: Option<usize>,
     pub shard_channel_records: usize,
     pub downlink_inbox: usize,
+    /// Where `/metrics` is served; `None` = off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A started server.
@@ -37,6 +40,7 @@ pub struct Server {
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     uplink: Option<JoinHandle<anyhow::Result<()>>>,
     config: watch::Receiver<ShardConfig>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Server {
@@ -44,6 +48,11 @@ impl Server {
     pub fn start(options: ServerOptions) -> anyhow::Result<Server> {
         let nr_shards = options.shard.nr_shards.max(1);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Bound first: a taken metrics address fails start-up before any thread exists.
+        let metrics = options
+            .metrics_listen
+            .map(|listen| MetricsEndpoint::start(listen, shutdown_rx.clone()))
+            .transpose()?;
         let (config_tx, config_rx) = watch::channel::<ShardConfig>(None);
         let capacity = (options.shard_channel_records / RECORDS_PER_MESSAGE_GUESS).max(1);
         let (records_tx, records_rx) = mpsc::channel(capacity);
@@ -97,12 +106,18 @@ impl Server {
             shards,
             uplink: Some(uplink),
             config: config_rx,
+            metrics,
         })
     }
 
     /// What the shards serve now (`None` until ThingsBoard sent a configuration).
     pub fn serving(&self) -> ShardConfig {
         self.config.borrow().clone()
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr)
     }
 
     /// Waits until the shards serve a configuration, up to `timeout`.
@@ -130,12 +145,18 @@ impl Server {
                 tracing::error!("shard ended with an error: {e}");
             }
         }
-        match self.uplink.take() {
+        let uplink = match self.uplink.take() {
             Some(uplink) => uplink
                 .join()
-                .map_err(|_| anyhow::anyhow!("the uplink core panicked"))?,
+                .map_err(|_| anyhow::anyhow!("the uplink core panicked"))
+                .and_then(|result| result),
             None => Ok(()),
+        };
+        // Last: the drain above is still visible to a scrape.
+        if let Some(metrics) = self.metrics.take() {
+            metrics.join();
         }
+        uplink
     }
 }
 
@@ -263,6 +284,7 @@ impl ServerOptions {
             uplink_core,
             shard_channel_records: settings.uplink.shard_channel_records,
             downlink_inbox: settings.downlink.inbox_capacity,
+            metrics_listen: settings.metrics_listen,
         }
     }
 }

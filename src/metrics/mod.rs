@@ -2,7 +2,9 @@
 //!
 //! Names come from the closed set in [`Counter`] and [`Gauge`]; labels are not free text. Hot
 //! paths bump counters once per read or per batch, not per byte, so relaxed atomics are cheap
-//! enough even when several shards share a cache line.
+//! enough even when several shards share a cache line. `http` serves them at `/metrics`.
+
+pub mod http;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
