@@ -36,6 +36,8 @@ const BIND_RETRY: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// Commands (downlinks) queued per connection before the shard hands them back for holding.
+/// Enforced by `deliver_downlink`, not by the channel: glommio's bounded channel allocates its
+/// whole capacity up front, which would cost every idle connection ~2.5 KiB.
 pub(super) const CONN_COMMANDS_MAX: usize = 64;
 
 /// Why a shard could not start.
@@ -286,7 +288,14 @@ fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
         bytes: wire.freeze(),
         downlink: cmd.downlink,
     };
-    if let Err(e) = sender.try_send(command) {
+    let queued = if sender.len() >= CONN_COMMANDS_MAX {
+        Err(glommio::GlommioError::WouldBlock(
+            glommio::ResourceType::Channel(command),
+        ))
+    } else {
+        sender.try_send(command)
+    };
+    if let Err(e) = queued {
         metrics::inc(Counter::DownlinksInboxFull);
         if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write {
             downlink,
@@ -352,7 +361,8 @@ async fn accept_loop(shard: Rc<Shard>, config: Arc<ServingConfig>) {
             tracing::warn!(shard = shard.index, %peer, "cannot set socket options: {e}");
         }
         let conn_id = shard.new_conn_id();
-        let (sender, receiver) = local_channel::new_bounded(CONN_COMMANDS_MAX);
+        // Unbounded allocates nothing until a command is queued; the bound is CONN_COMMANDS_MAX.
+        let (sender, receiver) = local_channel::new_unbounded();
         shard.conns.borrow_mut().insert(conn_id, Rc::new(sender));
         glommio::spawn_local(connection::serve(
             shard.clone(),
