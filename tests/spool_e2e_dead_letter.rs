@@ -47,7 +47,9 @@ fn rejected_batches_go_to_the_dead_letter_file_and_later_records_still_arrive() 
         metrics::get(Counter::RecordsRejected) == 5
     });
     send_frames(&h, GOOD, 0..5);
-    wait_until("the good device's records", || h.edge().records().len() == 5);
+    wait_until("the good device's records", || {
+        h.edge().records().len() == 5
+    });
     // Edge accepts the device again: its next records arrive, the rejected ones are not resent.
     h.edge().set_reject_rule(None);
     send_frames(&h, BAD, 5..8);
@@ -81,7 +83,11 @@ fn rejected_batches_go_to_the_dead_letter_file_and_later_records_still_arrive() 
     for letter in &letters {
         assert_eq!(letter.error, ERROR_MSG);
         assert_eq!(letter.records.len(), 1, "one record per line");
-        assert!(letter.ts_ms > 1_600_000_000_000, "epoch ms: {}", letter.ts_ms);
+        assert!(
+            letter.ts_ms > 1_600_000_000_000,
+            "epoch ms: {}",
+            letter.ts_ms
+        );
         let record = &letter.records[0];
         assert_eq!(record.entity_type, "default");
         assert_eq!(record.telemetry.len(), 1);

@@ -84,7 +84,11 @@ fn tiny_spool_drops_the_oldest_counts_and_logs_then_delivers_the_newest() {
     // Let anything stray arrive before the exact comparison.
     std::thread::sleep(Duration::from_millis(300));
     let records_after = h.edge().records();
-    assert_eq!(records_after.len(), records.len(), "nothing after the newest");
+    assert_eq!(
+        records_after.len(),
+        records.len(),
+        "nothing after the newest"
+    );
     assert!(records.iter().all(|r| r.name == DEVICE));
 
     // Exactly: the first batch (sent before the spool filled), then every record from the

@@ -54,12 +54,10 @@ fn shutdown_collecting(rt: &tokio::runtime::Runtime, edge: EdgeSimHandle) -> Vec
 fn restart_edge(h: &Harness, addr: SocketAddr) -> EdgeSimHandle {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match h.rt.block_on(EdgeSim::start(
-            text_example(h.port.port),
-            addr,
-            None,
-            None,
-        )) {
+        match h
+            .rt
+            .block_on(EdgeSim::start(text_example(h.port.port), addr, None, None))
+        {
             Ok(edge) => return edge,
             Err(e) => {
                 assert!(Instant::now() < deadline, "cannot rebind {addr}: {e}");
@@ -110,7 +108,14 @@ fn edge_outage_under_load_loses_nothing_and_duplicates_stay_within_the_window() 
         std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
-    let sent: BTreeMap<String, u64> = devices.into_iter().map(SendingDevice::join).collect();
+    let sent: BTreeMap<String, u64> = devices
+        .into_iter()
+        .map(|d| {
+            let (name, sent, error) = d.join();
+            assert_eq!(error, None, "devices are never refused");
+            (name, sent)
+        })
+        .collect();
 
     let deadline = Instant::now() + PATIENCE * 2;
     let (arrivals, nr_new) = loop {
@@ -155,7 +160,8 @@ fn edge_outage_under_load_loses_nothing_and_duplicates_stay_within_the_window() 
         );
         nr_duplicates += got.len() as u64 - n;
     }
-    let lost_sessions = metrics::get(Counter::SessionDisconnects) + metrics::get(Counter::AckTimeouts);
+    let lost_sessions =
+        metrics::get(Counter::SessionDisconnects) + metrics::get(Counter::AckTimeouts);
     assert!(lost_sessions >= 1, "the server never noticed the outage");
     let bound = lost_sessions * INFLIGHT_BATCHES * BATCH_MAX_RECORDS;
     assert!(

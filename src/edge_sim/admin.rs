@@ -230,7 +230,10 @@ fn reject_json(shared: &Shared) -> Value {
     json!({"rule": state.reject, "rejectedUplinks": state.nr_rejected_uplinks})
 }
 
-async fn put_reject(State(shared): State<Arc<Shared>>, Json(rule): Json<RejectRule>) -> Json<Value> {
+async fn put_reject(
+    State(shared): State<Arc<Shared>>,
+    Json(rule): Json<RejectRule>,
+) -> Json<Value> {
     shared.lock().reject = Some(rule);
     Json(reject_json(&shared))
 }

@@ -58,13 +58,18 @@ pub fn arrivals_by_device(records: &[Record]) -> BTreeMap<String, Vec<i64>> {
 /// The arrival sequence with later repeats removed (first occurrences, in arrival order).
 pub fn first_occurrences(arrivals: &[i64]) -> Vec<i64> {
     let mut seen = std::collections::HashSet::new();
-    arrivals.iter().copied().filter(|s| seen.insert(*s)).collect()
+    arrivals
+        .iter()
+        .copied()
+        .filter(|s| seen.insert(*s))
+        .collect()
 }
 
-/// A device on its own thread writing `frame(name, 0)`, `frame(name, 1)`, … until stopped.
+/// A device on its own thread writing `frame(name, 0)`, `frame(name, 1)`, … until stopped or
+/// until a write fails (the server went away).
 pub struct SendingDevice {
     pub name: String,
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<(u64, Option<String>)>,
 }
 
 impl SendingDevice {
@@ -76,21 +81,25 @@ impl SendingDevice {
         let thread = std::thread::spawn(move || {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                stream
-                    .write_all(frame(&device, sent).as_bytes())
-                    .unwrap_or_else(|e| panic!("{device}: write of frame {sent} failed: {e}"));
+                if let Err(e) = stream.write_all(frame(&device, sent).as_bytes()) {
+                    return (
+                        sent,
+                        Some(format!("{device}: write of frame {sent} failed: {e}")),
+                    );
+                }
                 sent += 1;
                 std::thread::sleep(pause);
             }
-            stream.shutdown(std::net::Shutdown::Write).unwrap();
-            sent
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            (sent, None)
         });
         SendingDevice { name, thread }
     }
 
-    /// How many frames the device wrote (all of them completely).
-    pub fn join(self) -> (String, u64) {
-        (self.name, self.thread.join().unwrap())
+    /// How many frames the device wrote completely, and the write error that stopped it.
+    pub fn join(self) -> (String, u64, Option<String>) {
+        let (sent, error) = self.thread.join().unwrap();
+        (self.name, sent, error)
     }
 }
 
