@@ -8,6 +8,7 @@
 //! | `GET /devices/{name}/telemetry`, `…/attributes` | latest typed values of one device |
 //! | `GET /uplinks?after=SEQ&limit=N` | records with `seq > SEQ` (record-file format, JSON array) |
 //! | `PUT /integration` | replace the definition, push Integration/ConverterUpdateMsg |
+//! | `PUT /reject`, `GET /reject`, `DELETE /reject` | set, read, clear the [`RejectRule`] |
 //! | `GET /health` | liveness plus session and record counts |
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::definition::{IntegrationDefinition, device_id, random_uuid_text};
 use super::record::EntityKind;
+use super::reject::RejectRule;
 use super::service::{EdgeSimError, Shared, now_ms};
 use crate::proto::integration::DeviceDownlinkDataProto;
 use crate::proto::msgqueue::{TbMsgMetaDataProto, TbMsgProto};
@@ -109,6 +111,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/devices/{name}/attributes", get(get_device_attributes))
         .route("/uplinks", get(get_uplinks))
         .route("/integration", put(put_integration))
+        .route(
+            "/reject",
+            put(put_reject).get(get_reject).delete(delete_reject),
+        )
         .route("/health", get(get_health))
         .with_state(shared)
 }
@@ -217,6 +223,28 @@ async fn put_integration(
         .into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+fn reject_json(shared: &Shared) -> Value {
+    let state = shared.lock();
+    json!({"rule": state.reject, "rejectedUplinks": state.nr_rejected_uplinks})
+}
+
+async fn put_reject(
+    State(shared): State<Arc<Shared>>,
+    Json(rule): Json<RejectRule>,
+) -> Json<Value> {
+    shared.lock().reject = Some(rule);
+    Json(reject_json(&shared))
+}
+
+async fn get_reject(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(reject_json(&shared))
+}
+
+async fn delete_reject(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    shared.lock().reject = None;
+    Json(reject_json(&shared))
 }
 
 async fn get_health(State(shared): State<Arc<Shared>>) -> Json<Value> {

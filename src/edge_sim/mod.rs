@@ -5,6 +5,7 @@
 //! checks routing key and secret like the server, acknowledges and records every uplink
 //! ([`Record`], optionally appended to a JSON-lines file), and injects downlinks and definition
 //! updates on request (library calls on [`EdgeSimHandle`] or the HTTP admin API in `admin`).
+//! A [`RejectRule`] makes it answer chosen uplinks with `success=false` instead (see `reject`).
 //! Start it in-process with [`EdgeSim::start`] (port 0 works) or as `tcp-integration edge-sim`.
 //!
 //! Invariant: record `seq` numbers start at 1 and are dense; `records()[i].seq == i + 1`.
@@ -12,6 +13,7 @@
 mod admin;
 pub mod definition;
 pub mod record;
+pub mod reject;
 mod service;
 
 use std::fs::OpenOptions;
@@ -28,6 +30,7 @@ pub use definition::{
     ConverterDefinition, DefinitionChanges, DefinitionError, IntegrationDefinition,
 };
 pub use record::{EntityKind, KvList, Record, TsEntry, TypedValue};
+pub use reject::RejectRule;
 pub use service::{BAD_SECRET_MSG, EdgeSimError, UNKNOWN_KEY_MSG_PREFIX};
 
 use crate::proto::integration::DeviceDownlinkDataProto;
@@ -251,6 +254,23 @@ impl EdgeSimHandle {
     /// on resume. Uplinks are still recorded while paused.
     pub fn set_ack_paused(&self, paused: bool) {
         self.shared.ack_paused.send_replace(paused);
+    }
+
+    /// Answers uplinks matching `rule` with `UplinkResponseMsg{success=false, errorMsg}` instead
+    /// of recording them (`PUT /reject`); `None` clears the rule (`DELETE /reject`). Replaces
+    /// any earlier rule. Uplinks already received are not affected.
+    pub fn set_reject_rule(&self, rule: Option<RejectRule>) {
+        self.shared.lock().reject = rule;
+    }
+
+    /// The reject rule in force (a counted rule shows its remaining count).
+    pub fn reject_rule(&self) -> Option<RejectRule> {
+        self.shared.lock().reject.clone()
+    }
+
+    /// How many uplinks were answered with `success=false` so far.
+    pub fn rejected_uplinks(&self) -> u64 {
+        self.shared.lock().nr_rejected_uplinks
     }
 
     /// Ends every stream with status UNAVAILABLE, stops both servers and frees the ports.

@@ -6,11 +6,12 @@
 //!   BAD_CREDENTIALS with the exact error text, after which the stream ends with an error
 //!   (status UNKNOWN); a second CONNECT is ignored; uplinks before CONNECT are ignored;
 //! * each `UplinkMsg` is answered with one `UplinkResponseMsg{success=true}`, in order (held
-//!   back while acks are paused, then released in order);
+//!   back while acks are paused, then released in order) — or with `success=false` and the
+//!   rule's `errorMsg`, unrecorded, when the reject rule ([`super::reject`]) picks it;
 //! * sessions are keyed by the one integration: a newer ACCEPTED stream replaces the older one
 //!   as the target of updates and downlinks; the older stream keeps acknowledging its uplinks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::definition::{DefinitionChanges, IntegrationDefinition};
 use super::record::{EntityKind, EntityState, Record, records_from_uplink};
+use super::reject::{self, RejectRule};
 use crate::proto::integration::integration_transport_server::IntegrationTransport;
 use crate::proto::integration::{
     ConnectRequestMsg, ConnectResponseCode, ConnectResponseMsg, ConverterUpdateMsg,
@@ -56,6 +58,10 @@ pub(crate) struct SimState {
     pub(crate) records: Vec<Record>,
     pub(crate) entities: BTreeMap<(EntityKind, String), EntityState>,
     record_file: Option<File>,
+    /// Uplinks matching this are answered with `success=false` (see [`super::reject`]).
+    pub(crate) reject: Option<RejectRule>,
+    /// Uplinks answered with `success=false` so far.
+    pub(crate) nr_rejected_uplinks: u64,
 }
 
 /// Errors the emulator's control surface reports to its caller.
@@ -107,6 +113,8 @@ impl Shared {
                 records: Vec::new(),
                 entities: BTreeMap::new(),
                 record_file,
+                reject: None,
+                nr_rejected_uplinks: 0,
             }),
             records_tx: broadcast::channel(RECORD_BROADCAST_CAPACITY).0,
             ack_paused: watch::channel(false).0,
@@ -169,6 +177,28 @@ impl Shared {
         let mut state = self.lock();
         if state.live.as_ref().is_some_and(|s| s.id == id) {
             state.live = None;
+        }
+    }
+
+    /// Answers one uplink: rejected by the reject rule (not recorded), or recorded and acked.
+    fn process_uplink(&self, msg: &UplinkMsg) -> ResponseMsg {
+        let verdict = {
+            let mut state = self.lock();
+            let verdict = reject::judge(&mut state.reject, msg);
+            if verdict.is_some() {
+                state.nr_rejected_uplinks += 1;
+            }
+            verdict
+        };
+        match verdict {
+            Some(error_msg) => {
+                tracing::info!(%error_msg, "edge-sim rejected an uplink (reject rule)");
+                uplink_response(false, error_msg)
+            }
+            None => {
+                self.record_uplink(msg);
+                uplink_response(true, String::new())
+            }
         }
     }
 
@@ -276,12 +306,9 @@ fn rejected(error_msg: String) -> ConnectResponseMsg {
     }
 }
 
-fn uplink_ack() -> ResponseMsg {
+fn uplink_response(success: bool, error_msg: String) -> ResponseMsg {
     ResponseMsg {
-        uplink_response_msg: Some(UplinkResponseMsg {
-            success: true,
-            error_msg: String::new(),
-        }),
+        uplink_response_msg: Some(UplinkResponseMsg { success, error_msg }),
         ..Default::default()
     }
 }
@@ -317,7 +344,8 @@ async fn run_stream(
     let mut shutdown = shared.shutdown.subscribe();
     let mut paused = shared.ack_paused.subscribe();
     let mut session: Option<u64> = None;
-    let mut held_acks: u64 = 0;
+    // Responses held back while acks are paused, in request order.
+    let mut held_acks: VecDeque<ResponseMsg> = VecDeque::new();
     loop {
         let msg = tokio::select! {
             msg = inbound.next() => msg,
@@ -325,13 +353,12 @@ async fn run_stream(
                 let _ = tx.send(Err(Status::unavailable("edge-sim is shutting down")));
                 break;
             }
-            changed = paused.changed(), if held_acks > 0 => {
+            changed = paused.changed(), if !held_acks.is_empty() => {
                 if changed.is_err() { break; }
                 if !*paused.borrow_and_update() {
-                    for _ in 0..held_acks {
-                        let _ = tx.send(Ok(uplink_ack()));
+                    for response in held_acks.drain(..) {
+                        let _ = tx.send(Ok(response));
                     }
-                    held_acks = 0;
                 }
                 continue;
             }
@@ -375,14 +402,12 @@ async fn run_stream(
                 // Before CONNECT, or without a payload: no processing, no reply.
                 continue;
             };
-            shared.record_uplink(&uplink);
-            held_acks += 1;
+            held_acks.push_back(shared.process_uplink(&uplink));
             if !*paused.borrow_and_update() {
                 // Held acks go first, so acknowledgements stay in request order.
-                for _ in 0..held_acks {
-                    let _ = tx.send(Ok(uplink_ack()));
+                for response in held_acks.drain(..) {
+                    let _ = tx.send(Ok(response));
                 }
-                held_acks = 0;
             }
         }
     }

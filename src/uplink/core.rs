@@ -447,6 +447,7 @@ impl Core {
             match self.spool.append_batch(&slices) {
                 Ok(outcome) => {
                     metrics::add(Counter::RecordsSpooled, count as u64);
+                    let was_idle = self.unsent == 0;
                     if outcome.nr_dropped_records > 0 {
                         metrics::add(Counter::RecordsDroppedSpoolFull, outcome.nr_dropped_records);
                         tracing::warn!(
@@ -454,17 +455,17 @@ impl Core {
                             dropped_bytes = outcome.nr_dropped_bytes,
                             "spool full: dropped the oldest unacknowledged records (drop-oldest policy)"
                         );
-                        // Dropped records may have been unsent ones.
-                        self.unsent = self
-                            .spool
-                            .stats()
-                            .nr_pending_records
-                            .saturating_sub(self.in_flight_records);
+                        // Dropped records may have been unsent or in flight (a batch in flight
+                        // still counts in `in_flight_records`), so pending minus in flight would
+                        // undercount and strand the newest records: recount what the read
+                        // cursor has not reached, this chunk included.
+                        self.unsent = self.spool.nr_unread_records();
+                    } else {
+                        self.unsent += count as u64;
                     }
-                    if self.unsent == 0 {
+                    if was_idle {
                         self.unsent_since = Some(Instant::now());
                     }
-                    self.unsent += count as u64;
                 }
                 Err(SpoolError::Full { .. }) => return,
                 Err(e @ (SpoolError::RecordTooLarge { .. } | SpoolError::BatchTooLarge { .. }))

@@ -753,6 +753,11 @@ impl Spool {
         }
     }
 
+    /// Records after the read cursor: appended, not yet read for sending on this session.
+    pub fn nr_unread_records(&self) -> u64 {
+        self.count_records(self.read_seq.max(self.first_unacked_seq), self.next_seq)
+    }
+
     /// Whether `bytes` more on disk (see [`spooled_bytes`]) fit under `max_bytes` without dropping
     /// anything. Under backpressure, the owner stops reading sockets while this is false.
     pub fn has_room_for(&self, bytes: u64) -> bool {
