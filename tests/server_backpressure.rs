@@ -27,6 +27,11 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
     );
     h.edge().set_ack_paused(true);
     let mut device = h.connect();
+    // A small send buffer on the device side too, so "blocked" comes after kilobytes, not the
+    // megabytes an autotuned loopback socket would take first.
+    socket2::SockRef::from(&device)
+        .set_send_buffer_size(16 * 1024)
+        .unwrap();
     device.set_nonblocking(true).unwrap();
     // Write frames until the socket refuses more for a while: the server has stopped reading.
     let mut sent = 0usize;
@@ -62,6 +67,11 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
     assert!(
         spool_bytes <= 2 * 65536,
         "spool grew past its bound: {spool_bytes}"
+    );
+    // The writes blocked because the spool filled, not because the server was slow to read.
+    assert!(
+        spool_bytes >= 65536 / 2,
+        "writes blocked with the spool only at {spool_bytes} bytes"
     );
     h.edge().set_ack_paused(false);
     device.set_nonblocking(false).unwrap();
