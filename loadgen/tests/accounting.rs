@@ -253,6 +253,7 @@ fn options(
         server_pid,
         integration_wait: Duration::from_secs(10),
         progress: false,
+        sink_outage: None,
     }
 }
 
@@ -277,7 +278,7 @@ async fn run_with(
     )
     .await
     .unwrap();
-    sink.shutdown();
+    sink.shutdown().await;
     report
 }
 
