@@ -19,8 +19,10 @@
 //! processes nothing more), whatever bytes the gRPC stack still had buffered.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tcp_integration::proto::integration::{
@@ -32,11 +34,12 @@ use tcp_integration::proto::integration::{
 use tcp_integration::proto::msgqueue::TbMsgProto;
 use tcp_integration::proto::transport::{KeyValueProto, KeyValueType};
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::accounting::Tally;
@@ -92,12 +95,69 @@ struct Shared {
     outage: Mutex<Option<OutageState>>,
 }
 
-/// A listening gRPC server and the connections it accepted (duplicated descriptors, so the
-/// outage can reset them whatever the connection tasks are doing).
+/// A listening gRPC server and the connections it accepted (weakly held, so a connection the
+/// server closes closes as usual; the outage resets the ones still open).
 #[derive(Debug)]
 struct Serving {
     task: JoinHandle<()>,
-    connections: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    connections: Arc<Mutex<Vec<Weak<TcpStream>>>>,
+}
+
+/// An accepted connection shared between the gRPC stack (which owns it) and the outage (which
+/// may reset it under the stack's feet, as the kernel does when a process dies).
+#[derive(Debug)]
+struct TrackedStream(Arc<TcpStream>);
+
+impl tokio::io::AsyncRead for TrackedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TrackedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl Connected for TrackedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.connect_info()
+    }
 }
 
 /// When the sink goes away and for how long (see `--sink-outage`).
@@ -137,13 +197,14 @@ pub struct Sink {
 
 /// Serves `listener` until aborted; remembers every accepted connection.
 fn serve(shared: &Arc<Shared>, listener: TcpListener) -> Serving {
-    let connections: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let connections: Arc<Mutex<Vec<Weak<TcpStream>>>> = Arc::default();
     let tracked = connections.clone();
     let incoming = TcpListenerStream::new(listener).map(move |accepted| {
-        let stream = accepted?.into_std()?;
-        let handle = stream.try_clone()?;
-        lock(&tracked).push(handle);
-        tokio::net::TcpStream::from_std(stream)
+        let stream = Arc::new(accepted?);
+        let mut tracked = lock(&tracked);
+        tracked.retain(|c| c.strong_count() > 0);
+        tracked.push(Arc::downgrade(&stream));
+        Ok::<_, std::io::Error>(TrackedStream(stream))
     });
     let service = IntegrationTransportServer::new(Transport {
         shared: shared.clone(),
@@ -170,10 +231,11 @@ async fn kill(serving: Serving) -> u64 {
     let _ = serving.task.await;
     let connections: Vec<_> = lock(&serving.connections).drain(..).collect();
     let mut cut = 0;
-    for connection in connections {
+    for connection in connections.iter().filter_map(Weak::upgrade) {
+        let socket = socket2::SockRef::from(&*connection);
         // Linger 0: the final close (when the connection task drops its side) sends RST.
-        let _ = socket2::SockRef::from(&connection).set_linger(Some(Duration::ZERO));
-        if connection.shutdown(std::net::Shutdown::Both).is_ok() {
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        if socket.shutdown(std::net::Shutdown::Both).is_ok() {
             cut += 1;
         }
     }
