@@ -14,11 +14,15 @@
 #   d-dl-idle downlink RTT with little uplink traffic              target p99 ≤ loopback RTT + 1 ms
 #   d-dl-load downlink RTT under the (a) load
 #   e-json / e-binary  as (a) for the other formats
+#   f-outage  (a)-like TEXT load at a steady rate; the sink (Edge) is killed 5 s after sending
+#             starts and back 10 s later (--sink-outage 5:10)  target 0 lost, dups ≤ 8 × 500
 #
 # Environment knobs (defaults in brackets):
 #   DURATION [10] WARMUP [2] seconds per scenario; SERVER_CORE [0] for the shard;
 #   UPLINK_CORE [1] for the server's uplink thread; LOADGEN_CORE [1]; SINK_PORT [9090];
-#   DEVICE_PORT [10560]; SCENARIOS ["baseline a-text b-10k c-idle d-dl-idle d-dl-load e-json e-binary"];
+#   DEVICE_PORT [10560]; SCENARIOS ["baseline a-text b-10k c-idle d-dl-idle d-dl-load e-json e-binary f-outage"];
+#   f-outage: OUTAGE_RATE [500] frames/s per connection (64 connections), OUTAGE_DURATION [20]
+#   seconds (must outlast 5 + 10 s), OUTAGE_UNACKED_MS [0] (--sink-outage-unacked-ms);
 #   OUT [a fresh temp dir] for JSON, SVG and logs; SKIP_BUILD=1 to reuse the binaries;
 #   BIN_DIR [target/release] where the binaries are.
 set -euo pipefail
@@ -31,7 +35,10 @@ UPLINK_CORE=${UPLINK_CORE:-1}
 LOADGEN_CORE=${LOADGEN_CORE:-1}
 SINK_PORT=${SINK_PORT:-9090}
 DEVICE_PORT=${DEVICE_PORT:-10560}
-SCENARIOS=${SCENARIOS:-"baseline a-text b-10k c-idle d-dl-idle d-dl-load e-json e-binary"}
+SCENARIOS=${SCENARIOS:-"baseline a-text b-10k c-idle d-dl-idle d-dl-load e-json e-binary f-outage"}
+OUTAGE_RATE=${OUTAGE_RATE:-500}
+OUTAGE_DURATION=${OUTAGE_DURATION:-20}
+OUTAGE_UNACKED_MS=${OUTAGE_UNACKED_MS:-0}
 ROUTING_KEY=bench-routing-key
 SECRET=bench-secret
 tmp=$(mktemp -d /tmp/tcp-bench.XXXXXX)
@@ -66,11 +73,11 @@ start_server() { # $1 = scenario name
   server_pid=$!
 }
 
-loadgen() { # $1 = scenario name, rest = tcp-loadgen flags
+loadgen() { # $1 = scenario name, rest = tcp-loadgen flags; SCENARIO_DURATION overrides DURATION
   local name=$1; shift
   taskset -c "$LOADGEN_CORE" "$LOADGEN" --threads 1 --sink-listen "127.0.0.1:$SINK_PORT" \
     --target "127.0.0.1:$DEVICE_PORT" --routing-key "$ROUTING_KEY" --secret "$SECRET" \
-    --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/$name.json" --plot "$OUT/$name.svg" \
+    --duration "${SCENARIO_DURATION:-$DURATION}" --warmup "$WARMUP" --json "$OUT/$name.json" --plot "$OUT/$name.svg" \
     "$@" 2>"$OUT/$name.progress.log" | tee "$OUT/$name.table.txt"
 }
 
@@ -106,6 +113,8 @@ for s in $SCENARIOS; do
     d-dl-load) scenario d-dl-load --format text "${MAX_FLAGS[@]}" --downlink-rate 1000 ;;
     e-json)    scenario e-json --format json "${MAX_FLAGS[@]}" ;;
     e-binary)  scenario e-binary --format binary "${MAX_FLAGS[@]}" ;;
+    f-outage)  SCENARIO_DURATION=$OUTAGE_DURATION scenario f-outage --format text --connections 64 \
+                 --rate "$OUTAGE_RATE" --sink-outage 5:10 --sink-outage-unacked-ms "$OUTAGE_UNACKED_MS" ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
 done
@@ -129,5 +138,14 @@ for s in $SCENARIOS; do
       (if .downlink then .downlink.rtt.p99_us else "-" end)
     ] | @tsv' "$f" |
     awk -F'\t' '{ printf "%-10s %12s %12s %8s %6s %9s %9s %9s %8s %12s %10s %10s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12 }'
+done
+# What the outage scenario's sink saw around its outage.
+for s in $SCENARIOS; do
+  f="$OUT/$s.json"
+  [[ -f "$f" ]] || continue
+  jq -r --arg s "$s" 'select(.outage) | .outage |
+      "\($s): sink cut at \(.started_s) s, back at \(.ended_s) s, reconnect after \(.reconnect_s) s; " +
+      "records \(.records_before) before (\(.records_unacked) unacked), \(.records_after) after; " +
+      "\(.sessions_accepted) sessions accepted"' "$f"
 done
 echo "reports, plots and logs: $OUT" >&2

@@ -16,7 +16,7 @@ use tcp_loadgen::edge_config::IntegrationSettings;
 use tcp_loadgen::frames::{Format, check_name_fits, device_name};
 use tcp_loadgen::report::Report;
 use tcp_loadgen::run::{RunOptions, run};
-use tcp_loadgen::sink::{Sink, SinkConfig};
+use tcp_loadgen::sink::{OutagePlan, Sink, SinkConfig};
 use tcp_loadgen::{accounting::LatencySummary, noop, plot, procs};
 
 /// Load generator for tcp-integration: simulated devices + an embedded ThingsBoard Edge sink.
@@ -105,6 +105,14 @@ struct Args {
     /// Write the latency percentile curve as SVG to this file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Kill the embedded sink like a crashed Edge at AT seconds after the devices start
+    /// sending and bring it back FOR seconds later on the same address (`AT:FOR`, e.g. `5:10`).
+    #[arg(long, value_name = "AT:FOR", value_parser = parse_outage, conflicts_with_all = ["sink_only", "no_sink", "noop_server"])]
+    sink_outage: Option<(f64, f64)>,
+    /// With --sink-outage: stop acknowledging this many ms before the cut while still counting
+    /// (UplinkMsgs processed but never confirmed; the integration must resend them).
+    #[arg(long, default_value_t = 0.0, requires = "sink_outage")]
+    sink_outage_unacked_ms: f64,
     /// No per-second progress line.
     #[arg(long)]
     quiet: bool,
@@ -139,6 +147,25 @@ fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
         }
     }
     Ok(ips)
+}
+
+/// Parses `AT:FOR` (seconds, non-negative, FOR > 0).
+fn parse_outage(text: &str) -> Result<(f64, f64), String> {
+    let (at, lasts) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected AT:FOR in seconds, got {text:?}"))?;
+    let number = |part: &str| -> Result<f64, String> {
+        part.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| format!("bad number of seconds {part:?} in {text:?}"))
+    };
+    let (at, lasts) = (number(at)?, number(lasts)?);
+    if lasts <= 0.0 {
+        return Err(format!("the outage must last more than 0 s: {text:?}"));
+    }
+    Ok((at, lasts))
 }
 
 fn secs(s: f64) -> Duration {
@@ -190,6 +217,30 @@ impl Args {
             connect_rate: self.connect_rate,
             read_downlinks: self.downlink_rate > 0.0,
         })
+    }
+
+    fn outage_plan(&self) -> anyhow::Result<Option<OutagePlan>> {
+        let Some((at_s, for_s)) = self.sink_outage else {
+            return Ok(None);
+        };
+        // The sink must be back while the devices still send, or the after-figures mean nothing.
+        if at_s + for_s >= self.warmup + self.duration {
+            bail!(
+                "--sink-outage {at_s}:{for_s} ends at {} s, not before sending stops at \
+                 --warmup + --duration = {} s",
+                at_s + for_s,
+                self.warmup + self.duration
+            );
+        }
+        let unacked_ms = self.sink_outage_unacked_ms.max(0.0);
+        if unacked_ms / 1e3 > at_s {
+            bail!("--sink-outage-unacked-ms {unacked_ms} starts before sending does");
+        }
+        Ok(Some(OutagePlan {
+            at: secs(at_s),
+            lasts: secs(for_s),
+            unacked: secs(unacked_ms / 1e3),
+        }))
     }
 
     fn sink_config(&self) -> SinkConfig {
@@ -357,6 +408,7 @@ async fn run_main(args: Args) -> anyhow::Result<()> {
         server_pid: args.server_pid,
         integration_wait: secs(args.integration_wait),
         progress: !args.quiet,
+        sink_outage: args.outage_plan()?,
     };
     let report = if args.no_sink {
         run(&opts, None).await?
@@ -368,7 +420,7 @@ async fn run_main(args: Args) -> anyhow::Result<()> {
             args.routing_key
         );
         let report = run(&opts, Some(&sink)).await;
-        sink.shutdown();
+        sink.shutdown().await;
         report?
     };
     write_outputs(&args, &report)
@@ -408,6 +460,40 @@ mod tests {
         );
         assert!(parse_source_ips("127.0.0.9-127.0.0.2").is_err());
         assert!(parse_source_ips("x").is_err());
+    }
+
+    #[test]
+    fn sink_outage_parses_and_checks_the_run_length() {
+        assert_eq!(parse_outage("5:10"), Ok((5.0, 10.0)));
+        assert_eq!(parse_outage(" 0.5 : 2.25 "), Ok((0.5, 2.25)));
+        assert!(parse_outage("5").is_err());
+        assert!(parse_outage("5:0").is_err());
+        assert!(parse_outage("-1:3").is_err());
+        assert!(parse_outage("x:3").is_err());
+        let args = Args::parse_from([
+            "tcp-loadgen",
+            "--sink-outage",
+            "5:10",
+            "--sink-outage-unacked-ms",
+            "200",
+            "--warmup",
+            "2",
+            "--duration",
+            "20",
+        ]);
+        assert_eq!(
+            args.outage_plan().unwrap(),
+            Some(OutagePlan {
+                at: Duration::from_secs(5),
+                lasts: Duration::from_secs(10),
+                unacked: Duration::from_millis(200),
+            })
+        );
+        let short = Args::parse_from(["tcp-loadgen", "--sink-outage", "5:10", "--duration", "13"]);
+        assert!(short.outage_plan().is_err());
+        assert!(
+            Args::try_parse_from(["tcp-loadgen", "--sink-outage", "1:2", "--no-sink"]).is_err()
+        );
     }
 
     #[test]

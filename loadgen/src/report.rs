@@ -51,6 +51,38 @@ pub struct Report {
     pub send_lag: LatencySummary,
     pub downlink: Option<DownlinkReport>,
     pub server: Option<ServerReport>,
+    /// The sink's simulated Edge outage (`--sink-outage`); `null` without one.
+    pub outage: Option<OutageReport>,
+}
+
+/// A simulated Edge outage: the sink killed at `at_s` and back `for_s` later. Instants are
+/// seconds after the devices started sending.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutageReport {
+    /// Planned cut, seconds after sending started.
+    pub at_s: f64,
+    /// Planned length, seconds.
+    pub for_s: f64,
+    /// How long before the cut the sink stopped acknowledging (still counting), ms.
+    pub unacked_ms: f64,
+    /// When the server went away (streams cut, port closed); `null` if it never did.
+    pub started_s: Option<f64>,
+    /// When the sink listened again; `null` if the run ended first.
+    pub ended_s: Option<f64>,
+    /// Records counted before the cut (duplicates included).
+    pub records_before: u64,
+    /// Of those, records counted while acknowledgements were withheld.
+    pub records_unacked: u64,
+    /// UplinkMsgs counted while acknowledgements were withheld.
+    pub uplink_msgs_unacked: u64,
+    /// TCP connections reset at the cut.
+    pub connections_cut: u64,
+    /// Records counted after the sink listened again (duplicates included).
+    pub records_after: u64,
+    /// CONNECTs accepted over the whole run (before and after the outage).
+    pub sessions_accepted: u64,
+    /// From listening again to the integration's accepted CONNECT, seconds.
+    pub reconnect_s: Option<f64>,
 }
 
 /// Downlink round trips (sink send → device socket).
@@ -176,6 +208,37 @@ impl Report {
                 ),
             );
             latency_row(&mut out, "downlink rtt", &dl.rtt);
+        }
+        if let Some(o) = &self.outage {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.2}"));
+            row(
+                &mut out,
+                "sink outage",
+                format!(
+                    "planned {:.2} s + {:.2} s ({:.0} ms unacked before), cut at {} s, back at {} s, \
+                     {} connections cut",
+                    o.at_s,
+                    o.for_s,
+                    o.unacked_ms,
+                    opt(o.started_s),
+                    opt(o.ended_s),
+                    o.connections_cut
+                ),
+            );
+            row(
+                &mut out,
+                "outage records",
+                format!(
+                    "{} before ({} in {} UplinkMsgs unacked), {} after; {} sessions accepted, \
+                     reconnect after {} s",
+                    o.records_before,
+                    o.records_unacked,
+                    o.uplink_msgs_unacked,
+                    o.records_after,
+                    o.sessions_accepted,
+                    opt(o.reconnect_s)
+                ),
+            );
         }
         if let Some(s) = &self.server {
             row(

@@ -4,7 +4,8 @@
 //! Timeline (all instants from [`crate::clock`]):
 //! `integration connected → devices connected → sending starts → warm-up → window start →
 //! window end → devices stop → drain until every sent frame arrived or nothing new for the
-//! drain time`. Throughput counts arrivals inside the window; latency counts frames whose
+//! drain time`. With a sink outage planned, the sink is killed and restarted on its own timer
+//! (from when sending starts) while the devices keep sending. Throughput counts arrivals inside the window; latency counts frames whose
 //! intended send time is inside the window (including their arrival during the drain).
 
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use crate::devices::{FleetConfig, FleetReport, Schedule, merged_downlink_rtt, me
 use crate::procfs::{self, ProcSample};
 use crate::procs::{Devices, connect_timeout};
 use crate::report::{DownlinkReport, Report, ServerReport};
-use crate::sink::{Sink, SinkProbe};
+use crate::sink::{OutagePlan, Sink, SinkProbe};
 
 /// Everything a run needs besides the sink.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub integration_wait: Duration,
     /// Print the per-second progress line on stderr.
     pub progress: bool,
+    /// Kill the sink for a while, counted from when the devices start sending (needs a sink).
+    pub sink_outage: Option<OutagePlan>,
 }
 
 /// Waits for the integration's CONNECT; fails early when the server process has gone.
@@ -113,6 +116,10 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
         bail!("no device could connect to {}", opts.fleet.target);
     }
     devices.start_sending().await?;
+    let outage_task = match (sink, opts.sink_outage) {
+        (Some(sink), Some(plan)) => Some(tokio::spawn(sink.outage(plan, now_us()))),
+        _ => None,
+    };
     let idle = opts.fleet.schedule == Schedule::Idle;
     if let Some(sink) = sink {
         sink.set_downlink_rate(opts.downlink_rate);
@@ -161,6 +168,11 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
     if let Some(sink) = sink {
         drain(sink, sent_total, opts.drain).await;
     }
+    if let Some(task) = outage_task {
+        // Still running only when the run ended before the sink came back.
+        task.abort();
+        let _ = task.await;
+    }
 
     let window_s = (window_end_us - window_start_us) as f64 / 1e6;
     let mut report = Report {
@@ -194,6 +206,7 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
             &opts.fleet.name_prefix,
             opts.downlink_rate,
         );
+        report.outage = sink.outage_report();
     }
     if let (Some(pid), Some(before), Some(start), Some(end)) =
         (opts.server_pid, server_before, server_start, server_end)

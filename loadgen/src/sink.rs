@@ -6,13 +6,23 @@
 //! [`Tally`]. With a downlink rate set it sends `DownlinkMsg`s (type `ATTRIBUTES_UPDATED`,
 //! data `{"dl_id":N,"sink_us":T}`) round-robin to the devices that have sent uplinks.
 //!
+//! [`Sink::outage`] plays a killed Edge: it stops acknowledging (optionally a while before the
+//! cut, so UplinkMsgs it counted stay unacknowledged), then stops the gRPC server, closes the
+//! listener (the port refuses connections) and cuts every open TCP connection with a reset;
+//! after the outage it listens again on the same address with the same tally.
+//!
 //! Invariants: one response per uplink request, in order, on the same stream (the response
-//! channel is FIFO and only the session task writes uplink responses); `sink_us` is stamped
-//! right before the downlink is queued, from [`crate::clock`].
+//! channel is FIFO and only the session task writes uplink responses), except that a killed
+//! sink answers nothing more; `sink_us` is stamped right before the downlink is queued, from
+//! [`crate::clock`]. Each session belongs to an *epoch*; the epoch is bumped under the tally
+//! lock at the cut, so no record from a cut stream is counted after the cut (a killed Edge
+//! processes nothing more), whatever bytes the gRPC stack still had buffered.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tcp_integration::proto::integration::{
@@ -24,21 +34,26 @@ use tcp_integration::proto::integration::{
 use tcp_integration::proto::msgqueue::TbMsgProto;
 use tcp_integration::proto::transport::{KeyValueProto, KeyValueType};
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::accounting::Tally;
 use crate::clock::now_us;
 use crate::edge_config::{IntegrationSettings, integration_configuration};
 use crate::frames::{DEVICE_TYPE, DownlinkStamp, downlink_data};
+use crate::report::OutageReport;
 
 /// Responses queued per session before the session task waits for the client to read.
 const RESPONSE_QUEUE_MSGS: usize = 4096;
 /// Most downlinks sent in one wake-up when the timer fell behind.
 const MAX_DOWNLINK_BURST: u64 = 1000;
+/// Pause between attempts to listen again after an outage (the old listener may linger).
+const REBIND_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -68,6 +83,109 @@ struct Shared {
     downlink_rate: watch::Sender<f64>,
     downlinks_sent: AtomicU64,
     next_downlink_id: AtomicU64,
+    /// Bumped at an outage's cut; sessions of an older epoch neither count nor answer.
+    epoch: watch::Sender<u64>,
+    /// Cleared while a dying sink withholds acknowledgements.
+    acking: AtomicBool,
+    /// When each accepted CONNECT was answered ([`crate::clock`] µs).
+    accepted_at_us: Mutex<Vec<u64>>,
+    /// The gRPC server currently listening; `None` during an outage.
+    serving: Mutex<Option<Serving>>,
+    /// Filled in by [`Sink::outage`] as the outage goes.
+    outage: Mutex<Option<OutageState>>,
+}
+
+/// A listening gRPC server and the connections it accepted (weakly held, so a connection the
+/// server closes closes as usual; the outage resets the ones still open).
+#[derive(Debug)]
+struct Serving {
+    task: JoinHandle<()>,
+    connections: Arc<Mutex<Vec<Weak<TcpStream>>>>,
+}
+
+/// An accepted connection shared between the gRPC stack (which owns it) and the outage (which
+/// may reset it under the stack's feet, as the kernel does when a process dies).
+#[derive(Debug)]
+struct TrackedStream(Arc<TcpStream>);
+
+impl tokio::io::AsyncRead for TrackedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TrackedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl Connected for TrackedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+/// When the sink goes away and for how long (see `--sink-outage`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutagePlan {
+    /// From the origin given to [`Sink::outage`] to the cut.
+    pub at: Duration,
+    /// From the cut until the sink listens again.
+    pub lasts: Duration,
+    /// How long before the cut the sink stops acknowledging (it keeps counting).
+    pub unacked: Duration,
+}
+
+/// Raw outage figures, turned into an [`OutageReport`] by [`Sink::outage_report`].
+#[derive(Debug, Clone, Default)]
+struct OutageState {
+    plan_at_s: f64,
+    plan_for_s: f64,
+    plan_unacked_ms: f64,
+    origin_us: u64,
+    records_at_unacked_start: Option<u64>,
+    msgs_at_unacked_start: u64,
+    cut_us: Option<u64>,
+    records_at_cut: u64,
+    uplink_msgs_unacked: u64,
+    connections_cut: u64,
+    restarted_us: Option<u64>,
+    records_at_restart: u64,
 }
 
 /// A running sink.
@@ -75,7 +193,53 @@ struct Shared {
 pub struct Sink {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    server: JoinHandle<()>,
+}
+
+/// Serves `listener` until aborted; remembers every accepted connection.
+fn serve(shared: &Arc<Shared>, listener: TcpListener) -> Serving {
+    let connections: Arc<Mutex<Vec<Weak<TcpStream>>>> = Arc::default();
+    let tracked = connections.clone();
+    let incoming = TcpListenerStream::new(listener).map(move |accepted| {
+        let stream = Arc::new(accepted?);
+        let mut tracked = lock(&tracked);
+        tracked.retain(|c| c.strong_count() > 0);
+        tracked.push(Arc::downgrade(&stream));
+        Ok::<_, std::io::Error>(TrackedStream(stream))
+    });
+    let service = IntegrationTransportServer::new(Transport {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024);
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = result {
+            eprintln!("sink: gRPC server stopped: {e}");
+        }
+    });
+    Serving { task, connections }
+}
+
+/// Stops `serving` like a killed process: no more accepts (the listener closes, so the port
+/// refuses connections) and every accepted connection is reset. Returns the connections cut.
+async fn kill(serving: Serving) -> u64 {
+    serving.task.abort();
+    // Wait until the task (and with it the listener) is really gone before cutting, so no
+    // connection slips in between.
+    let _ = serving.task.await;
+    let connections: Vec<_> = lock(&serving.connections).drain(..).collect();
+    let mut cut = 0;
+    for connection in connections.iter().filter_map(Weak::upgrade) {
+        let socket = socket2::SockRef::from(&*connection);
+        // Linger 0: the final close (when the connection task drops its side) sends RST.
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        if socket.shutdown(std::net::Shutdown::Both).is_ok() {
+            cut += 1;
+        }
+    }
+    cut
 }
 
 impl Sink {
@@ -92,6 +256,7 @@ impl Sink {
             source,
         })?;
         let (downlink_rate, _) = watch::channel(0.0);
+        let (epoch, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             configuration: integration_configuration(&config.integration),
             config,
@@ -102,25 +267,15 @@ impl Sink {
             downlink_rate,
             downlinks_sent: AtomicU64::new(0),
             next_downlink_id: AtomicU64::new(0),
+            epoch,
+            acking: AtomicBool::new(true),
+            accepted_at_us: Mutex::new(Vec::new()),
+            serving: Mutex::new(None),
+            outage: Mutex::new(None),
         });
-        let service = IntegrationTransportServer::new(Transport {
-            shared: shared.clone(),
-        })
-        .max_decoding_message_size(64 * 1024 * 1024);
-        let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-            if let Err(e) = result {
-                eprintln!("sink: gRPC server stopped: {e}");
-            }
-        });
-        Ok(Sink {
-            shared,
-            local_addr,
-            server,
-        })
+        let serving = serve(&shared, listener);
+        *lock(&shared.serving) = Some(serving);
+        Ok(Sink { shared, local_addr })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -173,9 +328,126 @@ impl Sink {
         &self.shared.configuration
     }
 
-    /// Stops serving (open streams are dropped).
-    pub fn shutdown(self) {
-        self.server.abort();
+    /// Stops serving; open streams are reset.
+    pub async fn shutdown(self) {
+        let serving = lock(&self.shared.serving).take();
+        if let Some(serving) = serving {
+            kill(serving).await;
+        }
+    }
+
+    /// Plays a killed Edge per `plan`, with instants counted from `origin_us`
+    /// ([`crate::clock`]): acknowledgements stop at `at − unacked`, the server goes away at
+    /// `at`, and listens again on the same address `lasts` later. The future ends when the
+    /// sink listens again; dropping it earlier leaves the sink down.
+    pub fn outage(
+        &self,
+        plan: OutagePlan,
+        origin_us: u64,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        let listen = self.local_addr;
+        *lock(&shared.outage) = Some(OutageState {
+            plan_at_s: plan.at.as_secs_f64(),
+            plan_for_s: plan.lasts.as_secs_f64(),
+            plan_unacked_ms: plan.unacked.as_secs_f64() * 1e3,
+            origin_us,
+            ..Default::default()
+        });
+        async move {
+            let sleep_until_us = |at_us: u64| {
+                tokio::time::sleep(Duration::from_micros(at_us.saturating_sub(now_us())))
+            };
+            let cut_due_us = origin_us + plan.at.as_micros() as u64;
+            sleep_until_us(cut_due_us.saturating_sub(plan.unacked.as_micros() as u64)).await;
+            if !plan.unacked.is_zero() {
+                let (records, msgs) = {
+                    let tally = lock(&shared.tally);
+                    (tally.records, tally.uplink_msgs)
+                };
+                shared.acking.store(false, Ordering::SeqCst);
+                if let Some(state) = lock(&shared.outage).as_mut() {
+                    state.records_at_unacked_start = Some(records);
+                    state.msgs_at_unacked_start = msgs;
+                }
+                sleep_until_us(cut_due_us).await;
+            }
+            let (cut_us, records_at_cut, msgs_at_cut) = {
+                let tally = lock(&shared.tally);
+                shared.epoch.send_modify(|epoch| *epoch += 1);
+                (now_us(), tally.records, tally.uplink_msgs)
+            };
+            let serving = lock(&shared.serving).take();
+            let connections_cut = match serving {
+                Some(serving) => kill(serving).await,
+                None => 0,
+            };
+            shared.acking.store(true, Ordering::SeqCst);
+            if let Some(state) = lock(&shared.outage).as_mut() {
+                state.cut_us = Some(cut_us);
+                state.records_at_cut = records_at_cut;
+                if state.records_at_unacked_start.is_some() {
+                    state.uplink_msgs_unacked = msgs_at_cut - state.msgs_at_unacked_start;
+                }
+                state.connections_cut = connections_cut;
+            }
+            sleep_until_us(cut_us + plan.lasts.as_micros() as u64).await;
+            let listener = loop {
+                match TcpListener::bind(listen).await {
+                    Ok(listener) => break listener,
+                    Err(e) => {
+                        eprintln!("sink: cannot listen on {listen} again yet: {e}");
+                        tokio::time::sleep(REBIND_PAUSE).await;
+                    }
+                }
+            };
+            let records_at_restart = lock(&shared.tally).records;
+            let restarted_us = now_us();
+            *lock(&shared.serving) = Some(serve(&shared, listener));
+            if let Some(state) = lock(&shared.outage).as_mut() {
+                state.restarted_us = Some(restarted_us);
+                state.records_at_restart = records_at_restart;
+            }
+        }
+    }
+
+    /// The outage figures so far; `None` when [`Sink::outage`] was never called.
+    pub fn outage_report(&self) -> Option<OutageReport> {
+        let state = lock(&self.shared.outage).clone()?;
+        let records_now = self.tally().records;
+        let rel_s = |us: u64| us.saturating_sub(state.origin_us) as f64 / 1e6;
+        let accepted = lock(&self.shared.accepted_at_us).clone();
+        let reconnect_s = state.restarted_us.and_then(|restarted| {
+            accepted
+                .iter()
+                .find(|&&at| at >= restarted)
+                .map(|&at| (at - restarted) as f64 / 1e6)
+        });
+        Some(OutageReport {
+            at_s: state.plan_at_s,
+            for_s: state.plan_for_s,
+            unacked_ms: state.plan_unacked_ms,
+            started_s: state.cut_us.map(rel_s),
+            ended_s: state.restarted_us.map(rel_s),
+            records_before: if state.cut_us.is_some() {
+                state.records_at_cut
+            } else {
+                records_now
+            },
+            records_unacked: match (state.records_at_unacked_start, state.cut_us) {
+                (Some(start), Some(_)) => state.records_at_cut - start,
+                _ => 0,
+            },
+            uplink_msgs_unacked: state.uplink_msgs_unacked,
+            connections_cut: state.connections_cut,
+            records_after: if state.restarted_us.is_some() {
+                records_now - state.records_at_restart
+            } else {
+                0
+            },
+            sessions_accepted: accepted.len() as u64,
+            reconnect_s,
+        })
     }
 }
 
@@ -189,9 +461,9 @@ impl SinkProbe {
     }
 }
 
-fn lock(tally: &Mutex<Tally>) -> MutexGuard<'_, Tally> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while counting leaves counts that are still meaningful; keep going.
-    tally.lock().unwrap_or_else(|e| e.into_inner())
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Transport {
@@ -217,12 +489,18 @@ type Responses = mpsc::Sender<Result<ResponseMsg, Status>>;
 
 /// One integration stream: CONNECT, then uplinks until the client goes away.
 async fn session(shared: Arc<Shared>, mut inbound: Streaming<RequestMsg>, tx: Responses) {
+    let epoch = *shared.epoch.borrow();
     let mut downlinks: Option<JoinHandle<()>> = None;
     loop {
         let msg = match inbound.message().await {
             Ok(Some(msg)) => msg,
             Ok(None) | Err(_) => break,
         };
+        if *shared.epoch.borrow() != epoch {
+            // This stream was cut: the killed Edge processes nothing more. Keep reading (no
+            // reply, no end of stream) until the reset connection ends the stream.
+            continue;
+        }
         if downlinks.is_none() {
             // Not connected yet: only a CONNECT counts; early uplinks are ignored, as Edge does.
             let Some(connect) = msg
@@ -266,7 +544,12 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<RequestMsg>, tx: Re
             if tx.send(Ok(response)).await.is_err() {
                 return;
             }
-            downlinks = Some(tokio::spawn(send_downlinks(shared.clone(), tx.clone())));
+            downlinks = Some(tokio::spawn(send_downlinks(
+                shared.clone(),
+                tx.clone(),
+                epoch,
+            )));
+            lock(&shared.accepted_at_us).push(now_us());
             shared.sessions_accepted.fetch_add(1, Ordering::Relaxed);
             shared.session_started.notify_waiters();
             continue;
@@ -277,7 +560,16 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<RequestMsg>, tx: Re
         let Some(uplink) = msg.uplink_msg else {
             continue;
         };
-        count_uplink(&shared.tally, &uplink, now_us());
+        {
+            let mut tally = lock(&shared.tally);
+            if *shared.epoch.borrow() != epoch {
+                continue; // cut while this message was on its way: not processed
+            }
+            count_into(&mut tally, &uplink, now_us());
+        }
+        if !shared.acking.load(Ordering::SeqCst) {
+            continue; // dying: counted, never acknowledged
+        }
         let ack = ResponseMsg {
             uplink_response_msg: Some(UplinkResponseMsg {
                 success: true,
@@ -308,7 +600,10 @@ fn kv_u64(kv: &KeyValueProto) -> Option<u64> {
 
 /// Counts every `{seq, sent_us}` telemetry entry of one UplinkMsg.
 pub fn count_uplink(tally: &Mutex<Tally>, uplink: &UplinkMsg, arrival_us: u64) {
-    let mut tally = lock(tally);
+    count_into(&mut lock(tally), uplink, arrival_us);
+}
+
+fn count_into(tally: &mut Tally, uplink: &UplinkMsg, arrival_us: u64) {
     tally.uplink_msgs += 1;
     for device in &uplink.device_data {
         let entries = device
@@ -340,7 +635,7 @@ pub fn count_uplink(tally: &Mutex<Tally>, uplink: &UplinkMsg, arrival_us: u64) {
 }
 
 /// Sends downlinks at the configured rate to devices seen so far, round-robin.
-async fn send_downlinks(shared: Arc<Shared>, tx: Responses) {
+async fn send_downlinks(shared: Arc<Shared>, tx: Responses, epoch: u64) {
     let mut rate_rx = shared.downlink_rate.subscribe();
     let mut next_device = 0usize;
     loop {
@@ -382,6 +677,9 @@ async fn send_downlinks(shared: Arc<Shared>, tx: Responses) {
                     next_device += 1;
                     name
                 };
+                if *shared.epoch.borrow() != epoch {
+                    return; // the stream was cut
+                }
                 let dl_id = shared.next_downlink_id.fetch_add(1, Ordering::Relaxed);
                 let msg = downlink_msg(device_name, dl_id, now_us());
                 if tx.send(Ok(msg)).await.is_err() {
