@@ -18,6 +18,7 @@ use base64::Engine as _;
 use rquickjs::context::EvalOptions;
 use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value, qjs};
 
+use super::uplink::ResultKeys;
 use super::{ConvertError, ScriptLimits};
 
 /// Source of the helpers the docs' converters define themselves; a script's own function
@@ -78,6 +79,10 @@ pub(crate) struct ScriptEngine {
     encoder: Option<Persistent<Function<'static>>>,
     context: Context,
     runtime: Runtime,
+    /// Atoms of the result keys in `runtime` (released in `Drop` and before a rebuild).
+    result_keys: Option<ResultKeys>,
+    /// The decoder's metadata held in `runtime` (released in `Drop` and before a rebuild).
+    metadata: MetadataTemplate,
     deadline: Rc<Deadline>,
     limits: ScriptLimits,
     decoder_body: Option<String>,
@@ -94,11 +99,14 @@ impl ScriptEngine {
     pub(crate) fn new(limits: ScriptLimits) -> Result<ScriptEngine, ConvertError> {
         let deadline = Rc::new(Deadline::default());
         let (runtime, context) = build_runtime(&limits, &deadline)?;
+        let result_keys = Some(new_result_keys(&context)?);
         Ok(ScriptEngine {
             decoder: None,
             encoder: None,
             context,
             runtime,
+            result_keys,
+            metadata: MetadataTemplate::default(),
             deadline,
             limits,
             decoder_body: None,
@@ -201,25 +209,39 @@ impl ScriptEngine {
         &mut self,
         frame: &[u8],
         metadata: &[(String, String)],
-        read: impl for<'js> FnOnce(&Ctx<'js>, Value<'js>) -> Result<R, ConvertError>,
+        read: impl for<'js> FnOnce(&Ctx<'js>, &ResultKeys, Value<'js>) -> Result<R, ConvertError>,
     ) -> Result<R, ConvertError> {
         let Some(decoder) = self.decoder.clone() else {
             return Err(ConvertError::NoConverter {
                 what: "uplink decoder",
             });
         };
+        let Some(keys) = self.result_keys.as_ref() else {
+            return Err(ConvertError::Engine {
+                message: "the JavaScript runtime lost its result keys".to_string(),
+            });
+        };
+        if self.metadata.source != metadata {
+            let template = &mut self.metadata;
+            self.context
+                .with(|ctx| template.rebuild(&ctx, metadata))
+                .map_err(|e| ConvertError::Engine {
+                    message: format!("cannot hold the converter metadata: {e}"),
+                })?;
+        }
         fill_payload_values(frame, &mut self.utf16, &mut self.payload_values);
         self.arm_deadline();
         let values = &self.payload_values;
+        let template = &self.metadata;
         let result = self.context.with(|ctx| {
             let outcome = (|| {
                 let f = decoder.restore(&ctx)?;
                 let payload = new_int_array(&ctx, values)?;
-                let meta = metadata_object(&ctx, metadata)?;
+                let meta = template.new_object(&ctx)?;
                 f.call::<_, Value>((payload, meta))
             })();
             match outcome {
-                Ok(value) => read(&ctx, value),
+                Ok(value) => read(&ctx, keys, value),
                 Err(err) => Err(js_error(&ctx, err)),
             }
         });
@@ -301,9 +323,11 @@ impl ScriptEngine {
     fn rebuild(&mut self) -> Result<(), ConvertError> {
         self.decoder = None;
         self.encoder = None;
+        self.release_held();
         let (runtime, context) = build_runtime(&self.limits, &self.deadline)?;
         self.context = context;
         self.runtime = runtime;
+        self.result_keys = Some(new_result_keys(&self.context)?);
         self.nr_rebuilds += 1;
         if let Some(body) = self.decoder_body.clone() {
             self.decoder = Some(self.compile(ScriptRole::Decoder, &body)?);
@@ -312,6 +336,102 @@ impl ScriptEngine {
             self.encoder = Some(self.compile(ScriptRole::Encoder, &body)?);
         }
         Ok(())
+    }
+}
+
+impl ScriptEngine {
+    /// Hands the atoms and strings held outside any handle back to the current runtime.
+    fn release_held(&mut self) {
+        let keys = self.result_keys.take();
+        let metadata = &mut self.metadata;
+        self.context.with(|ctx| {
+            if let Some(keys) = keys {
+                keys.release(&ctx);
+            }
+            metadata.release(&ctx);
+        });
+    }
+}
+
+impl Drop for ScriptEngine {
+    fn drop(&mut self) {
+        // Before the fields drop: the runtime must not outlive references into it.
+        self.release_held();
+    }
+}
+
+fn new_result_keys(context: &Context) -> Result<ResultKeys, ConvertError> {
+    context
+        .with(|ctx| ResultKeys::new(&ctx))
+        .map_err(|e| ConvertError::Engine {
+            message: format!("cannot create the result keys: {e}"),
+        })
+}
+
+/// The decoder's `metadata` held as atoms (names) and strings (values) in one runtime, so each
+/// call's fresh object is filled without hashing names or copying texts. `source` is what the
+/// entries were made from; the entries are released before the runtime drops.
+#[derive(Default)]
+struct MetadataTemplate {
+    source: Vec<(String, String)>,
+    entries: Vec<(qjs::JSAtom, qjs::JSValue)>,
+}
+
+impl MetadataTemplate {
+    /// Replaces the held entries with `metadata`'s.
+    fn rebuild(&mut self, ctx: &Ctx<'_>, metadata: &[(String, String)]) -> rquickjs::Result<()> {
+        self.release(ctx);
+        let raw = ctx.as_raw().as_ptr();
+        for (k, v) in metadata {
+            // SAFETY: the context is live; name and text are valid UTF-8 byte ranges. Each
+            // atom / string is a counted reference that `release` hands back.
+            let atom = unsafe { qjs::JS_NewAtomLen(raw, k.as_ptr().cast(), k.len() as qjs::size_t) };
+            if atom == qjs::JS_ATOM_NULL {
+                self.release(ctx);
+                return Err(rquickjs::Error::Allocation);
+            }
+            let text = unsafe { qjs::JS_NewStringLen(raw, v.as_ptr().cast(), v.len() as qjs::size_t) };
+            if unsafe { qjs::JS_IsException(text) } {
+                unsafe { qjs::JS_FreeAtom(raw, atom) };
+                self.release(ctx);
+                return Err(rquickjs::Error::Allocation);
+            }
+            self.entries.push((atom, text));
+        }
+        self.source = metadata.to_vec();
+        Ok(())
+    }
+
+    /// Hands every held atom and string back to the runtime; `source` is forgotten too, so
+    /// the next call rebuilds.
+    fn release(&mut self, ctx: &Ctx<'_>) {
+        let raw = ctx.as_raw().as_ptr();
+        for (atom, text) in self.entries.drain(..) {
+            // SAFETY: both were made by `rebuild` in this runtime and are released once.
+            unsafe {
+                qjs::JS_FreeAtom(raw, atom);
+                qjs::JS_FreeValue(raw, text);
+            }
+        }
+        self.source.clear();
+    }
+
+    /// A fresh metadata object per call (a script that writes to `metadata` cannot leak into
+    /// the next frame), filled as `obj[name] = text` in order.
+    fn new_object<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
+        let obj = Object::new(ctx.clone())?;
+        let raw = ctx.as_raw().as_ptr();
+        for &(atom, text) in &self.entries {
+            // SAFETY: the object, atom and string live in this context; JS_SetProperty takes
+            // the duplicated string reference whether it succeeds or not.
+            let rc = unsafe {
+                qjs::JS_SetProperty(raw, obj.as_raw(), atom, qjs::JS_DupValue(raw, text))
+            };
+            if rc < 0 {
+                return Err(rquickjs::Error::Exception);
+            }
+        }
+        Ok(obj)
     }
 }
 
