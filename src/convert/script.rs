@@ -431,7 +431,11 @@ fn install_regexp_flags(context: &Context) -> Result<Vec<qjs::JSAtom>, ConvertEr
             let mut data: Vec<qjs::JSValue> = Vec::with_capacity(1 + atoms.len());
             data.push(original.as_raw());
             // Atoms are below 2^31 for string names, so they travel as int values.
-            data.extend(atoms.iter().map(|&a| qjs::JS_MKVAL(qjs::JS_TAG_INT, a as i32)));
+            data.extend(
+                atoms
+                    .iter()
+                    .map(|&a| qjs::JS_MKVAL(qjs::JS_TAG_INT, a as i32)),
+            );
             // SAFETY: the context is live; JS_NewCFunctionData duplicates the data values
             // (the original getter) and keeps them with the function.
             let getter = unsafe {
@@ -571,12 +575,14 @@ impl MetadataTemplate {
         for (k, v) in metadata {
             // SAFETY: the context is live; name and text are valid UTF-8 byte ranges. Each
             // atom / string is a counted reference that `release` hands back.
-            let atom = unsafe { qjs::JS_NewAtomLen(raw, k.as_ptr().cast(), k.len() as qjs::size_t) };
+            let atom =
+                unsafe { qjs::JS_NewAtomLen(raw, k.as_ptr().cast(), k.len() as qjs::size_t) };
             if atom == qjs::JS_ATOM_NULL {
                 self.release(ctx);
                 return Err(rquickjs::Error::Allocation);
             }
-            let text = unsafe { qjs::JS_NewStringLen(raw, v.as_ptr().cast(), v.len() as qjs::size_t) };
+            let text =
+                unsafe { qjs::JS_NewStringLen(raw, v.as_ptr().cast(), v.len() as qjs::size_t) };
             if unsafe { qjs::JS_IsException(text) } {
                 unsafe { qjs::JS_FreeAtom(raw, atom) };
                 self.release(ctx);
@@ -884,9 +890,7 @@ mod tests {
             let got = engine.call_decoder(b"x", &meta, read).expect("runs");
             assert_eq!(got, r#"{"integrationName":"TCP ü","k":"v"}"#);
         }
-        let got = engine
-            .call_decoder(b"x", &meta[1..], read)
-            .expect("runs");
+        let got = engine.call_decoder(b"x", &meta[1..], read).expect("runs");
         assert_eq!(got, r#"{"k":"v"}"#);
     }
 }

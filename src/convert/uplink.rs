@@ -162,7 +162,11 @@ impl ResultKeys {
         ] {
             // SAFETY: the context is live; the name is a valid byte range.
             let atom = unsafe {
-                qjs::JS_NewAtomLen(ctx.as_raw().as_ptr(), name.as_ptr().cast(), name.len() as qjs::size_t)
+                qjs::JS_NewAtomLen(
+                    ctx.as_raw().as_ptr(),
+                    name.as_ptr().cast(),
+                    name.len() as qjs::size_t,
+                )
             };
             if atom == qjs::JS_ATOM_NULL {
                 for a in made {
