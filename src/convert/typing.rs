@@ -304,8 +304,9 @@ mod tests {
         /// Non-integral doubles of magnitude >= 1 never have more than 16 decimals in their
         /// shortest form, which `type_js_number` relies on to skip formatting them.
         #[test]
-        fn large_fractional_doubles_have_scale_at_most_16(bits in proptest::prelude::any::<u64>()) {
-            let v = f64::from_bits(bits);
+        fn large_fractional_doubles_have_scale_at_most_16(
+            v in proptest::prop_oneof![1.0f64..2.0, 1.0f64..1e6, -9.0e15f64..-1.0]
+        ) {
             if v.is_finite() && v.abs() >= 1.0 && v.fract() != 0.0 {
                 let text = format!("{v}");
                 let scale = text.find('.').map_or(0, |dot| text.len() - dot - 1) as i64;
