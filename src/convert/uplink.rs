@@ -342,7 +342,7 @@ fn prop<'js>(
     key: qjs::JSAtom,
 ) -> Result<Option<Value<'js>>, ConvertError> {
     let v = get_by_atom(ctx, obj, key).map_err(|e| js_error(ctx, e))?;
-    Ok(match v.type_of() {
+    Ok(match walk_type(&v) {
         Type::Undefined
         | Type::Null
         | Type::Uninitialized
@@ -351,6 +351,21 @@ fn prop<'js>(
         | Type::Symbol => None,
         _ => Some(v),
     })
+}
+
+/// The JS type as far as the result walk cares: primitives by their tag; objects as `Function`
+/// (callable or constructor: `JSON.stringify` leaves them out) or else `Object`. `type_of`
+/// would ask the engine up to six questions about every object.
+fn walk_type(v: &Value<'_>) -> Type {
+    if v.is_object() {
+        if v.is_function() || v.is_constructor() {
+            Type::Function
+        } else {
+            Type::Object
+        }
+    } else {
+        v.type_of()
+    }
 }
 
 /// The text of a scalar entity field (names, types, labels), as Jackson's `asText()` gives it.
@@ -513,7 +528,7 @@ fn read_flat<'js>(
 /// Types one JS value; `None` for values ThingsBoard never sees (null, undefined, functions,
 /// NaN/Infinity).
 fn type_value<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> Result<Option<TypedValue>, ConvertError> {
-    Ok(match v.type_of() {
+    Ok(match walk_type(v) {
         Type::Bool => v.as_bool().map(TypedValue::Bool),
         Type::Int => v.as_int().map(|i| TypedValue::Long(i64::from(i))),
         Type::Float => v.as_float().and_then(typing::type_js_number),
