@@ -63,7 +63,7 @@ pub fn encode_entity(entity: UplinkEntity, buf: &mut Vec<u8>) -> Bytes {
 
 fn varint_len(v: u64) -> usize {
     // 1 byte per started 7 bits, at least 1.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Size of a length-delimited field with a one-byte key and a `body`-byte payload.
