@@ -317,11 +317,11 @@ impl ConverterRuntime {
         let start = entities.len();
         let result = self
             .engine
-            .call_decoder(frame, &self.metadata, |ctx, value| {
+            .call_decoder(frame, &self.metadata, |ctx, keys, value| {
                 if let Some(raw) = raw {
                     *raw = pretty_json(ctx, &value)?;
                 }
-                uplink::read_result(ctx, value, now_ms, entities)
+                uplink::read_result(ctx, keys, value, now_ms, entities)
             });
         if result.is_err() {
             entities.truncate(start);

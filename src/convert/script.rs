@@ -18,6 +18,7 @@ use base64::Engine as _;
 use rquickjs::context::EvalOptions;
 use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value, qjs};
 
+use super::uplink::ResultKeys;
 use super::{ConvertError, ScriptLimits};
 
 /// Source of the helpers the docs' converters define themselves; a script's own function
@@ -78,6 +79,15 @@ pub(crate) struct ScriptEngine {
     encoder: Option<Persistent<Function<'static>>>,
     context: Context,
     runtime: Runtime,
+    /// Atoms of the result keys in `runtime` (released in `Drop` and before a rebuild).
+    result_keys: Option<ResultKeys>,
+    /// The decoder's metadata held in `runtime` (released in `Drop` and before a rebuild).
+    metadata: MetadataTemplate,
+    /// Blocks held in `runtime`'s allocator (released in `Drop` and before a rebuild).
+    arena_pins: ArenaPins,
+    /// Flag-name atoms read by the installed `RegExp.prototype.flags` getter (released in
+    /// `Drop` and before a rebuild).
+    flag_atoms: Vec<qjs::JSAtom>,
     deadline: Rc<Deadline>,
     limits: ScriptLimits,
     decoder_body: Option<String>,
@@ -94,11 +104,18 @@ impl ScriptEngine {
     pub(crate) fn new(limits: ScriptLimits) -> Result<ScriptEngine, ConvertError> {
         let deadline = Rc::new(Deadline::default());
         let (runtime, context) = build_runtime(&limits, &deadline)?;
+        let result_keys = Some(new_result_keys(&context)?);
+        let arena_pins = context.with(|ctx| ArenaPins::new(&ctx));
+        let flag_atoms = install_regexp_flags(&context)?;
         Ok(ScriptEngine {
             decoder: None,
             encoder: None,
             context,
             runtime,
+            result_keys,
+            metadata: MetadataTemplate::default(),
+            arena_pins,
+            flag_atoms,
             deadline,
             limits,
             decoder_body: None,
@@ -201,25 +218,39 @@ impl ScriptEngine {
         &mut self,
         frame: &[u8],
         metadata: &[(String, String)],
-        read: impl for<'js> FnOnce(&Ctx<'js>, Value<'js>) -> Result<R, ConvertError>,
+        read: impl for<'js> FnOnce(&Ctx<'js>, &ResultKeys, Value<'js>) -> Result<R, ConvertError>,
     ) -> Result<R, ConvertError> {
         let Some(decoder) = self.decoder.clone() else {
             return Err(ConvertError::NoConverter {
                 what: "uplink decoder",
             });
         };
+        let Some(keys) = self.result_keys.as_ref() else {
+            return Err(ConvertError::Engine {
+                message: "the JavaScript runtime lost its result keys".to_string(),
+            });
+        };
+        if self.metadata.source != metadata {
+            let template = &mut self.metadata;
+            self.context
+                .with(|ctx| template.rebuild(&ctx, metadata))
+                .map_err(|e| ConvertError::Engine {
+                    message: format!("cannot hold the converter metadata: {e}"),
+                })?;
+        }
         fill_payload_values(frame, &mut self.utf16, &mut self.payload_values);
         self.arm_deadline();
         let values = &self.payload_values;
+        let template = &self.metadata;
         let result = self.context.with(|ctx| {
             let outcome = (|| {
                 let f = decoder.restore(&ctx)?;
                 let payload = new_int_array(&ctx, values)?;
-                let meta = metadata_object(&ctx, metadata)?;
+                let meta = template.new_object(&ctx)?;
                 f.call::<_, Value>((payload, meta))
             })();
             match outcome {
-                Ok(value) => read(&ctx, value),
+                Ok(value) => read(&ctx, keys, value),
                 Err(err) => Err(js_error(&ctx, err)),
             }
         });
@@ -301,9 +332,13 @@ impl ScriptEngine {
     fn rebuild(&mut self) -> Result<(), ConvertError> {
         self.decoder = None;
         self.encoder = None;
+        self.release_held();
         let (runtime, context) = build_runtime(&self.limits, &self.deadline)?;
         self.context = context;
         self.runtime = runtime;
+        self.result_keys = Some(new_result_keys(&self.context)?);
+        self.arena_pins = self.context.with(|ctx| ArenaPins::new(&ctx));
+        self.flag_atoms = install_regexp_flags(&self.context)?;
         self.nr_rebuilds += 1;
         if let Some(body) = self.decoder_body.clone() {
             self.decoder = Some(self.compile(ScriptRole::Decoder, &body)?);
@@ -312,6 +347,283 @@ impl ScriptEngine {
             self.encoder = Some(self.compile(ScriptRole::Encoder, &body)?);
         }
         Ok(())
+    }
+}
+
+impl ScriptEngine {
+    /// Hands the atoms and strings held outside any handle back to the current runtime.
+    fn release_held(&mut self) {
+        let keys = self.result_keys.take();
+        let metadata = &mut self.metadata;
+        let pins = &mut self.arena_pins;
+        let flag_atoms = &mut self.flag_atoms;
+        self.context.with(|ctx| {
+            if let Some(keys) = keys {
+                keys.release(&ctx);
+            }
+            metadata.release(&ctx);
+            pins.release(&ctx);
+            for atom in flag_atoms.drain(..) {
+                // SAFETY: made by `install_regexp_flags` in this runtime, released once.
+                unsafe { qjs::JS_FreeAtom(ctx.as_raw().as_ptr(), atom) };
+            }
+        });
+    }
+}
+
+impl Drop for ScriptEngine {
+    fn drop(&mut self) {
+        // Before the fields drop: the runtime must not outlive references into it.
+        self.release_held();
+    }
+}
+
+fn new_result_keys(context: &Context) -> Result<ResultKeys, ConvertError> {
+    context
+        .with(|ctx| ResultKeys::new(&ctx))
+        .map_err(|e| ConvertError::Engine {
+            message: format!("cannot create the result keys: {e}"),
+        })
+}
+
+/// The flags in the order `get RegExp.prototype.flags` reads them (ECMA-262 §22.2.6.4), with
+/// the letter each contributes.
+const REGEXP_FLAGS: [(&str, u8); 8] = [
+    ("hasIndices", b'd'),
+    ("global", b'g'),
+    ("ignoreCase", b'i'),
+    ("multiline", b'm'),
+    ("dotAll", b's'),
+    ("unicode", b'u'),
+    ("unicodeSets", b'v'),
+    ("sticky", b'y'),
+];
+
+/// Replaces the engine's `get RegExp.prototype.flags` with one that reads the same eight
+/// properties in the same order, by atoms made once. Every `str.replace(/re/g, ...)` reads
+/// `flags`; the engine's getter turns six of the names into atoms (hash + table probe) on every
+/// read, which was a tenth of the docs' TEXT decoder. The engine's getter is kept for a
+/// non-object receiver, so that error stays the engine's own. Returns the atoms, which the
+/// caller holds until the runtime drops.
+fn install_regexp_flags(context: &Context) -> Result<Vec<qjs::JSAtom>, ConvertError> {
+    let engine = |e: rquickjs::Error| ConvertError::Engine {
+        message: format!("cannot set up RegExp flags: {e}"),
+    };
+    context.with(|ctx| {
+        let raw = ctx.as_raw().as_ptr();
+        let mut atoms = Vec::with_capacity(REGEXP_FLAGS.len());
+        for (name, _) in REGEXP_FLAGS {
+            // SAFETY: the context is live; the name is a valid byte range.
+            let atom =
+                unsafe { qjs::JS_NewAtomLen(raw, name.as_ptr().cast(), name.len() as qjs::size_t) };
+            if atom == qjs::JS_ATOM_NULL {
+                for a in atoms {
+                    // SAFETY: made just above in this context.
+                    unsafe { qjs::JS_FreeAtom(raw, a) };
+                }
+                return Err(engine(rquickjs::Error::Allocation));
+            }
+            atoms.push(atom);
+        }
+        let installed = (|| -> rquickjs::Result<()> {
+            let original: Value =
+                ctx.eval("Object.getOwnPropertyDescriptor(RegExp.prototype, 'flags').get")?;
+            let mut data: Vec<qjs::JSValue> = Vec::with_capacity(1 + atoms.len());
+            data.push(original.as_raw());
+            // Atoms are below 2^31 for string names, so they travel as int values.
+            data.extend(
+                atoms
+                    .iter()
+                    .map(|&a| qjs::JS_MKVAL(qjs::JS_TAG_INT, a as i32)),
+            );
+            // SAFETY: the context is live; JS_NewCFunctionData duplicates the data values
+            // (the original getter) and keeps them with the function.
+            let getter = unsafe {
+                let f = qjs::JS_NewCFunctionData(
+                    raw,
+                    Some(regexp_flags_getter),
+                    0,
+                    0,
+                    data.len() as std::ffi::c_int,
+                    data.as_mut_ptr(),
+                );
+                if qjs::JS_IsException(f) {
+                    return Err(rquickjs::Error::Exception);
+                }
+                Value::from_raw(ctx.clone(), f)
+            };
+            let install: Function = ctx.eval(
+                "(function (get) {\n\
+                   Object.defineProperty(get, 'name', { value: 'get flags' });\n\
+                   Object.defineProperty(RegExp.prototype, 'flags', { get: get });\n\
+                 })",
+            )?;
+            install.call::<_, ()>((getter,))
+        })();
+        match installed {
+            Ok(()) => Ok(atoms),
+            Err(e) => {
+                let _ = ctx.catch();
+                for a in atoms {
+                    // SAFETY: made above in this context.
+                    unsafe { qjs::JS_FreeAtom(raw, a) };
+                }
+                Err(engine(e))
+            }
+        }
+    })
+}
+
+/// `get RegExp.prototype.flags` by held atoms. `data[0]` is the engine's own getter,
+/// `data[1..=8]` the atoms of [`REGEXP_FLAGS`] as int values.
+unsafe extern "C" fn regexp_flags_getter(
+    ctx: *mut qjs::JSContext,
+    this_val: qjs::JSValue,
+    _argc: std::ffi::c_int,
+    _argv: *mut qjs::JSValue,
+    _magic: std::ffi::c_int,
+    data: *mut qjs::JSValue,
+) -> qjs::JSValue {
+    // SAFETY (whole body): QuickJS calls this with a live context, a borrowed `this` and the
+    // 9 data values given at creation; every value we get back is freed once.
+    unsafe {
+        if !qjs::JS_IsObject(this_val) {
+            return qjs::JS_Call(ctx, *data, this_val, 0, std::ptr::null_mut());
+        }
+        let mut letters = [0u8; REGEXP_FLAGS.len()];
+        let mut n = 0;
+        for (i, &(_, letter)) in REGEXP_FLAGS.iter().enumerate() {
+            let atom = qjs::JS_VALUE_GET_INT(*data.add(1 + i)) as qjs::JSAtom;
+            let value = qjs::JS_GetProperty(ctx, this_val, atom);
+            if qjs::JS_IsException(value) {
+                return value;
+            }
+            let set = qjs::JS_ToBool(ctx, value);
+            qjs::JS_FreeValue(ctx, value);
+            if set < 0 {
+                return qjs::JS_EXCEPTION;
+            }
+            if set != 0 {
+                letters[n] = letter;
+                n += 1;
+            }
+        }
+        qjs::JS_NewStringLen(ctx, letters.as_ptr().cast(), n as qjs::size_t)
+    }
+}
+
+/// Block sizes (header included) of QuickJS's small-object arenas, one per size class
+/// (`arena_block_sizes` in the vendored quickjs.c; 8 bytes of each block are its header).
+const ARENA_BLOCK_BYTES: [usize; 31] = [
+    16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160, 176, 192, 208, 224,
+    240, 256, 288, 320, 352, 384, 416, 448, 480, 512,
+];
+const ARENA_BLOCK_HEADER_BYTES: usize = 8;
+
+/// One block of each small size class of the runtime's allocator, held for the runtime's life.
+/// QuickJS hands an arena (4 KiB) back to malloc as soon as its last block is freed, so a size
+/// class used only by one call's temporaries would get a fresh arena — a malloc, a free-list
+/// set-up and a free — on every call; a held block keeps one arena of each class alive.
+/// Were the size classes to change, a pin would only land in another class: never unsafe.
+#[derive(Default)]
+struct ArenaPins {
+    blocks: Vec<std::ptr::NonNull<std::ffi::c_void>>,
+}
+
+impl ArenaPins {
+    fn new(ctx: &Ctx<'_>) -> ArenaPins {
+        let raw = ctx.as_raw().as_ptr();
+        let blocks = ARENA_BLOCK_BYTES
+            .iter()
+            .filter_map(|&bytes| {
+                let size = (bytes - ARENA_BLOCK_HEADER_BYTES) as qjs::size_t;
+                // SAFETY: the context is live; the block is released with js_free in the same
+                // runtime before it drops. A failed allocation (memory limit) only means no pin.
+                std::ptr::NonNull::new(unsafe { qjs::js_malloc(raw, size) })
+            })
+            .collect::<Vec<_>>();
+        if blocks.len() < ARENA_BLOCK_BYTES.len() {
+            // js_malloc left an out-of-memory exception pending; the runtime goes on unpinned.
+            let _ = ctx.catch();
+        }
+        ArenaPins { blocks }
+    }
+
+    fn release(&mut self, ctx: &Ctx<'_>) {
+        let raw = ctx.as_raw().as_ptr();
+        for block in self.blocks.drain(..) {
+            // SAFETY: allocated by `new` with js_malloc in this runtime, freed once.
+            unsafe { qjs::js_free(raw, block.as_ptr()) };
+        }
+    }
+}
+
+/// The decoder's `metadata` held as atoms (names) and strings (values) in one runtime, so each
+/// call's fresh object is filled without hashing names or copying texts. `source` is what the
+/// entries were made from; the entries are released before the runtime drops.
+#[derive(Default)]
+struct MetadataTemplate {
+    source: Vec<(String, String)>,
+    entries: Vec<(qjs::JSAtom, qjs::JSValue)>,
+}
+
+impl MetadataTemplate {
+    /// Replaces the held entries with `metadata`'s.
+    fn rebuild(&mut self, ctx: &Ctx<'_>, metadata: &[(String, String)]) -> rquickjs::Result<()> {
+        self.release(ctx);
+        let raw = ctx.as_raw().as_ptr();
+        for (k, v) in metadata {
+            // SAFETY: the context is live; name and text are valid UTF-8 byte ranges. Each
+            // atom / string is a counted reference that `release` hands back.
+            let atom =
+                unsafe { qjs::JS_NewAtomLen(raw, k.as_ptr().cast(), k.len() as qjs::size_t) };
+            if atom == qjs::JS_ATOM_NULL {
+                self.release(ctx);
+                return Err(rquickjs::Error::Allocation);
+            }
+            let text =
+                unsafe { qjs::JS_NewStringLen(raw, v.as_ptr().cast(), v.len() as qjs::size_t) };
+            if unsafe { qjs::JS_IsException(text) } {
+                unsafe { qjs::JS_FreeAtom(raw, atom) };
+                self.release(ctx);
+                return Err(rquickjs::Error::Allocation);
+            }
+            self.entries.push((atom, text));
+        }
+        self.source = metadata.to_vec();
+        Ok(())
+    }
+
+    /// Hands every held atom and string back to the runtime; `source` is forgotten too, so
+    /// the next call rebuilds.
+    fn release(&mut self, ctx: &Ctx<'_>) {
+        let raw = ctx.as_raw().as_ptr();
+        for (atom, text) in self.entries.drain(..) {
+            // SAFETY: both were made by `rebuild` in this runtime and are released once.
+            unsafe {
+                qjs::JS_FreeAtom(raw, atom);
+                qjs::JS_FreeValue(raw, text);
+            }
+        }
+        self.source.clear();
+    }
+
+    /// A fresh metadata object per call (a script that writes to `metadata` cannot leak into
+    /// the next frame), filled as `obj[name] = text` in order.
+    fn new_object<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
+        let obj = Object::new(ctx.clone())?;
+        let raw = ctx.as_raw().as_ptr();
+        for &(atom, text) in &self.entries {
+            // SAFETY: the object, atom and string live in this context; JS_SetProperty takes
+            // the duplicated string reference whether it succeeds or not.
+            let rc = unsafe {
+                qjs::JS_SetProperty(raw, obj.as_raw(), atom, qjs::JS_DupValue(raw, text))
+            };
+            if rc < 0 {
+                return Err(rquickjs::Error::Exception);
+            }
+        }
+        Ok(obj)
     }
 }
 
@@ -503,3 +815,82 @@ pub(crate) fn exception_text(value: &Value<'_>) -> String {
 
 /// Default per-call time limit: ThingsBoard's own JS sandbox allows a similar order.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` as a decoder and returns the string it returns.
+    fn run(body: &str) -> String {
+        let mut engine = ScriptEngine::new(ScriptLimits::default()).expect("engine");
+        engine
+            .set_script(ScriptRole::Decoder, Some(body))
+            .expect("compiles");
+        engine
+            .call_decoder(b"x", &[], |_ctx, _keys, v| {
+                Ok(v.as_string()
+                    .and_then(|s| s.to_string().ok())
+                    .unwrap_or_default())
+            })
+            .expect("runs")
+    }
+
+    #[test]
+    fn regexp_flags_getter_reads_like_the_engines() {
+        let got = run(r#"
+            var out = [/a/.flags, /a/gimsuy.flags, /a/dg.flags, /a/v.flags];
+            var d = Object.getOwnPropertyDescriptor(RegExp.prototype, 'flags');
+            out.push(d.get.name, d.get.length, d.enumerable, d.configurable, typeof d.set);
+            var seen = [];
+            var fake = {};
+            ['hasIndices', 'global', 'ignoreCase', 'multiline', 'dotAll', 'unicode',
+             'unicodeSets', 'sticky'].forEach(function (k) {
+                Object.defineProperty(fake, k, { get: function () {
+                    seen.push(k);
+                    return k === 'global' ? 1 : k === 'sticky' ? 'yes' : 0;
+                } });
+            });
+            out.push(d.get.call(fake), seen.join(' '));
+            try { d.get.call(1); out.push('no error'); } catch (e) { out.push(e.name); }
+            var re = /b/g;
+            Object.defineProperty(re, 'flags', { value: '' });
+            out.push('abab'.replace(re, ''), 'abab'.replace(/b/g, ''));
+            var thrower = {};
+            Object.defineProperty(thrower, 'hasIndices', { get: function () { throw new Error('boom'); } });
+            try { d.get.call(thrower); } catch (e) { out.push(e.message); }
+            return out.join('|');
+        "#);
+        assert_eq!(
+            got,
+            "|gimsuy|dg|v|get flags|0|false|true|undefined|gy|\
+             hasIndices global ignoreCase multiline dotAll unicode unicodeSets sticky|\
+             TypeError|aab|aa|boom"
+        );
+    }
+
+    #[test]
+    fn metadata_is_a_fresh_object_per_call_with_the_given_entries() {
+        let mut engine = ScriptEngine::new(ScriptLimits::default()).expect("engine");
+        engine
+            .set_script(
+                ScriptRole::Decoder,
+                Some("var s = JSON.stringify(metadata); metadata.extra = 1; return s;"),
+            )
+            .expect("compiles");
+        let meta = vec![
+            ("integrationName".to_string(), "TCP ü".to_string()),
+            ("k".to_string(), "v".to_string()),
+        ];
+        let read = |_: &Ctx<'_>, _: &ResultKeys, v: Value<'_>| {
+            Ok(v.as_string()
+                .and_then(|s| s.to_string().ok())
+                .unwrap_or_default())
+        };
+        for _ in 0..2 {
+            let got = engine.call_decoder(b"x", &meta, read).expect("runs");
+            assert_eq!(got, r#"{"integrationName":"TCP ü","k":"v"}"#);
+        }
+        let got = engine.call_decoder(b"x", &meta[1..], read).expect("runs");
+        assert_eq!(got, r#"{"k":"v"}"#);
+    }
+}

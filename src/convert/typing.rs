@@ -102,6 +102,10 @@ pub fn type_js_number(v: f64) -> Option<TypedValue> {
         }
         return Some(TypedValue::String(js_number_text(v)));
     }
+    if v.abs() >= 1.0 {
+        // At most 17 significant digits, at least one before the '.': the scale is <= 16.
+        return Some(TypedValue::Double(v));
+    }
     let mut text = String::with_capacity(24);
     let _ = write!(text, "{v}");
     let scale = text.find('.').map_or(0, |dot| text.len() - dot - 1) as i64;
@@ -295,6 +299,21 @@ fn parse_integral_i64(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Non-integral doubles of magnitude >= 1 never have more than 16 decimals in their
+        /// shortest form, which `type_js_number` relies on to skip formatting them.
+        #[test]
+        fn large_fractional_doubles_have_scale_at_most_16(
+            v in proptest::prop_oneof![1.0f64..2.0, 1.0f64..1e6, -9.0e15f64..-1.0]
+        ) {
+            if v.is_finite() && v.abs() >= 1.0 && v.fract() != 0.0 {
+                let text = format!("{v}");
+                let scale = text.find('.').map_or(0, |dot| text.len() - dot - 1) as i64;
+                proptest::prop_assert!(scale <= MAX_DOUBLE_SCALE, "{}", text);
+            }
+        }
+    }
 
     #[test]
     fn strings_that_look_like_numbers_are_cast() {
