@@ -20,10 +20,10 @@
 //! those possibly-delimiter bytes until the next read decides, which gives the outcome Netty has
 //! when the bytes arrive together, whatever the segmentation.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
-use super::{Delimiter, FramingError, TextSpec};
+use super::{Delimiter, FramingError, Step, TextSpec};
 
 const LF: u8 = b'\n';
 const CR: u8 = b'\r';
@@ -77,42 +77,50 @@ impl TextFramer {
     /// See [`super::Framer::decode`].
     #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        self.step(buf).apply(buf)
+    }
+
+    /// The pure core of both framer APIs: what the unconsumed `bytes` yield next.
+    #[inline]
+    pub(super) fn step(&mut self, bytes: &[u8]) -> Step {
+        let mut consumed = 0;
         loop {
-            match self.find_delimiter(buf) {
+            let rest = &bytes[consumed..];
+            match self.find_delimiter(rest) {
                 Some((frame_bytes, delimiter_bytes)) => {
                     self.scanned = 0;
+                    let end = consumed + frame_bytes + delimiter_bytes;
                     if self.discarding {
                         // The error was reported when the frame first exceeded the limit.
                         self.discarding = false;
-                        self.discard(buf, frame_bytes + delimiter_bytes);
+                        self.discarded_bytes += (frame_bytes + delimiter_bytes) as u64;
+                        consumed = end;
                         continue;
                     }
                     if frame_bytes > self.max_frame_bytes {
-                        self.discard(buf, frame_bytes + delimiter_bytes);
-                        return Some(Err(self.too_long()));
+                        self.discarded_bytes += (frame_bytes + delimiter_bytes) as u64;
+                        return Step::error(end, self.too_long());
                     }
-                    let frame = if self.strip_delimiter {
-                        let frame = buf.split_to(frame_bytes).freeze();
-                        buf.advance(delimiter_bytes);
-                        frame
+                    let frame_end = if self.strip_delimiter {
+                        consumed + frame_bytes
                     } else {
-                        buf.split_to(frame_bytes + delimiter_bytes).freeze()
+                        end
                     };
-                    return Some(Ok(frame));
+                    return Step::frame(end, consumed..frame_end);
                 }
                 None => {
                     // Bytes that may still begin a delimiter are not known to be frame data.
-                    let known_frame_bytes = buf.len() - self.possible_delimiter_tail(buf);
+                    let known_frame_bytes = rest.len() - self.possible_delimiter_tail(rest);
                     if self.discarding {
-                        self.discard_known(buf, known_frame_bytes);
-                        return None;
+                        self.discard_known(known_frame_bytes);
+                        return Step::wait(consumed + known_frame_bytes);
                     }
                     if known_frame_bytes > self.max_frame_bytes {
                         self.discarding = true;
-                        self.discard_known(buf, known_frame_bytes);
-                        return Some(Err(self.too_long()));
+                        self.discard_known(known_frame_bytes);
+                        return Step::error(consumed + known_frame_bytes, self.too_long());
                     }
-                    return None;
+                    return Step::wait(consumed);
                 }
             }
         }
@@ -129,15 +137,10 @@ impl TextFramer {
         }
     }
 
-    fn discard(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
-        buf.advance(nr_bytes);
+    /// Counts bytes known to belong to an over-long frame as discarded; the search resume
+    /// point moves with them (it may fall inside the kept tail, where a delimiter may start).
+    fn discard_known(&mut self, nr_bytes: usize) {
         self.discarded_bytes += nr_bytes as u64;
-    }
-
-    /// Discards bytes known to belong to an over-long frame; the search resume point moves
-    /// with them (it may fall inside the kept tail, where a delimiter may start).
-    fn discard_known(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
-        self.discard(buf, nr_bytes);
         self.scanned = self.scanned.saturating_sub(nr_bytes);
     }
 
