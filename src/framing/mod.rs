@@ -279,7 +279,7 @@ impl Framer {
         mut on_item: impl FnMut(Result<&[u8], FramingError>),
     ) {
         match self {
-            Framer::Text(framer) => drain_steps(buf, |bytes| framer.step(bytes), &mut on_item),
+            Framer::Text(framer) => framer.decode_batch(buf, &mut on_item),
             Framer::Json(framer) => drain_steps(buf, |bytes| framer.step(bytes), &mut on_item),
             Framer::Binary(framer) => drain_steps(buf, |bytes| framer.step(bytes), &mut on_item),
         }

@@ -20,7 +20,7 @@
 //! those possibly-delimiter bytes until the next read decides, which gives the outcome Netty has
 //! when the bytes arrive together, whatever the segmentation.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 
 use super::{Delimiter, FramingError, Step, TextSpec};
@@ -78,6 +78,59 @@ impl TextFramer {
     #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
         self.step(buf).apply(buf)
+    }
+
+    /// See [`super::Framer::decode_batch`]. One delimiter search runs over everything
+    /// unscanned (`memchr_iter` / `memmem::find_iter`); each match is a frame (or the end of a
+    /// discarded one), handed out borrowed. The tail after the last delimiter goes through
+    /// [`TextFramer::step`], which keeps the waiting rules in one place.
+    #[inline]
+    pub fn decode_batch(
+        &mut self,
+        buf: &mut BytesMut,
+        on_item: &mut impl FnMut(Result<&[u8], FramingError>),
+    ) {
+        let bytes: &[u8] = buf;
+        let from = self.scanned.min(bytes.len());
+        let TextFramer {
+            separator,
+            max_frame_bytes,
+            strip_delimiter,
+            discarding,
+            discarded_bytes,
+            ..
+        } = self;
+        let mut frames = Frames {
+            bytes,
+            max_frame_bytes: *max_frame_bytes,
+            strip_delimiter: *strip_delimiter,
+            discarding,
+            discarded_bytes,
+        };
+        let (tail_start, resume_margin) = match separator {
+            Separator::Line => {
+                let positions = memchr::memchr_iter(LF, &bytes[from..]).map(|i| from + i);
+                (frames.hand_out(positions, 1, true, on_item), 0)
+            }
+            Separator::Byte(byte) => {
+                let positions = memchr::memchr_iter(*byte, &bytes[from..]).map(|i| from + i);
+                (frames.hand_out(positions, 1, false, on_item), 0)
+            }
+            Separator::Bytes(finder) => {
+                // Matches do not overlap: the search resumes after each delimiter, where the
+                // next frame starts, as `step` does.
+                let needle_bytes = finder.needle().len();
+                let positions = finder.find_iter(&bytes[from..]).map(|i| from + i);
+                (
+                    frames.hand_out(positions, needle_bytes, false, on_item),
+                    needle_bytes - 1,
+                )
+            }
+        };
+        // The tail holds no delimiter: resume the next search where `find_delimiter` would.
+        self.scanned = (bytes.len() - tail_start).saturating_sub(resume_margin);
+        buf.advance(tail_start);
+        super::drain_steps(buf, |bytes| self.step(bytes), on_item);
     }
 
     /// The pure core of both framer APIs: what the unconsumed `bytes` yield next.
@@ -198,5 +251,59 @@ impl TextFramer {
                     .unwrap_or(0)
             }
         }
+    }
+}
+
+/// The frame-handing part of a [`TextFramer`], borrowed apart from its separator so a search
+/// over the buffer can run while frames are handed out.
+struct Frames<'a, 'f> {
+    bytes: &'a [u8],
+    max_frame_bytes: usize,
+    strip_delimiter: bool,
+    discarding: &'f mut bool,
+    discarded_bytes: &'f mut u64,
+}
+
+impl<'a> Frames<'a, '_> {
+    /// Hands out the frames ended by the delimiters at `positions` (ascending, non-overlapping,
+    /// each `delimiter_bytes` long; `cr_lf`: a CR right before one joins it). Returns where the
+    /// bytes after the last delimiter start.
+    #[inline(always)]
+    fn hand_out(
+        &mut self,
+        positions: impl Iterator<Item = usize>,
+        delimiter_bytes: usize,
+        cr_lf: bool,
+        on_item: &mut impl FnMut(Result<&'a [u8], FramingError>),
+    ) -> usize {
+        let bytes = self.bytes;
+        let mut start = 0;
+        for delimiter_at in positions {
+            let end = delimiter_at + delimiter_bytes;
+            let frame_end = if cr_lf && delimiter_at > start && bytes[delimiter_at - 1] == CR {
+                delimiter_at - 1
+            } else {
+                delimiter_at
+            };
+            if *self.discarding {
+                // The error was reported when the frame first exceeded the limit.
+                *self.discarding = false;
+                *self.discarded_bytes += (end - start) as u64;
+            } else if frame_end - start > self.max_frame_bytes {
+                *self.discarded_bytes += (end - start) as u64;
+                on_item(Err(FramingError::TextFrameTooLong {
+                    max_frame_bytes: self.max_frame_bytes,
+                }));
+            } else {
+                let frame = if self.strip_delimiter {
+                    &bytes[start..frame_end]
+                } else {
+                    &bytes[start..end]
+                };
+                on_item(Ok(frame));
+            }
+            start = end;
+        }
+        start
     }
 }
