@@ -183,16 +183,36 @@ impl BinaryFramer {
     #[inline]
     fn read_length_field(&self, buf: &[u8]) -> i64 {
         let field = &buf[self.length_field_offset..self.header_bytes];
-        // Widen to 8 bytes so one conversion serves every field size.
-        let mut wide = [0u8; 8];
-        match self.byte_order {
-            ByteOrder::BigEndian => {
-                wide[8 - field.len()..].copy_from_slice(field);
-                i64::from_be_bytes(wide)
+        let big_endian = self.byte_order == ByteOrder::BigEndian;
+        // The common widths as fixed-size loads; 3 bytes through the widening path.
+        match field.len() {
+            1 => i64::from(field[0]),
+            2 => {
+                let bytes = [field[0], field[1]];
+                i64::from(if big_endian {
+                    u16::from_be_bytes(bytes)
+                } else {
+                    u16::from_le_bytes(bytes)
+                })
             }
-            ByteOrder::LittleEndian => {
-                wide[..field.len()].copy_from_slice(field);
-                i64::from_le_bytes(wide)
+            4 => {
+                let bytes = [field[0], field[1], field[2], field[3]];
+                i64::from(if big_endian {
+                    u32::from_be_bytes(bytes)
+                } else {
+                    u32::from_le_bytes(bytes)
+                })
+            }
+            _ => {
+                // Widen to 8 bytes: 3-byte fields unsigned, 8-byte fields signed (Java long).
+                let mut wide = [0u8; 8];
+                if big_endian {
+                    wide[8 - field.len()..].copy_from_slice(field);
+                    i64::from_be_bytes(wide)
+                } else {
+                    wide[..field.len()].copy_from_slice(field);
+                    i64::from_le_bytes(wide)
+                }
             }
         }
     }
