@@ -120,7 +120,10 @@ fn assert_same(make: impl Fn() -> Framer, stream: &[u8], sizes: &[usize]) {
     let by_batch = trace(make(), stream, sizes, Drive::Batch);
     let alternating = trace(make(), stream, sizes, Drive::Alternate);
     assert_eq!(by_batch, by_decode, "decode_batch differs from decode");
-    assert_eq!(alternating, by_decode, "alternating APIs differs from decode");
+    assert_eq!(
+        alternating, by_decode,
+        "alternating APIs differs from decode"
+    );
 }
 
 proptest! {

@@ -114,10 +114,7 @@ impl JsonFramer {
                     }
                     self.state = State::Corrupted;
                     self.discarded_bytes += (bytes.len() - consumed) as u64;
-                    return Step::error(
-                        bytes.len(),
-                        FramingError::JsonCorrupted { byte: first },
-                    );
+                    return Step::error(bytes.len(), FramingError::JsonCorrupted { byte: first });
                 }
                 State::InFrame => {
                     let frame = &bytes[consumed..];
