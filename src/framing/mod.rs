@@ -11,8 +11,10 @@
 //! [`Framer::decode`] gives the same frames one at a time as owned `Bytes` (one refcount
 //! increment and one decrement per frame, which matters at tens of millions of frames/s).
 //! Both are thin shells over one pure per-handler core, `step`, which looks at the unconsumed
-//! bytes and says how many it consumes and which item (a range of them, or an error) it yields,
-//! so the two APIs cannot disagree. Invariants every framer keeps:
+//! bytes and says how many it consumes and which item (a range of them, or an error) it yields.
+//! TEXT's batch path alone runs its own single search pass over the complete frames and hands
+//! only the tail to `step`; `tests/framing_batch.rs` and the fuzz targets check that every
+//! handler's batch path gives exactly what the `decode` loop gives. Invariants every framer keeps:
 //! * frames are slices of the connection's buffer: zero-copy, no per-frame allocation;
 //! * the framer is the only consumer of the buffer's front, and it consumes everything it no
 //!   longer needs, so the buffer never grows past the frame limit plus one read;

@@ -12,7 +12,9 @@
 //! Invariants: `buf[..scanned]` is known to hold no delimiter start, so each byte is searched once
 //! (memchr / memmem) however slowly the frame arrives. While no delimiter is found, the buffer
 //! keeps at most `maxFrameLength` bytes of frame plus the few trailing bytes that may begin a
-//! delimiter.
+//! delimiter. `decode_batch` searches the whole unscanned buffer in one `memchr_iter` /
+//! `memmem::find_iter` pass (the delimiters do not overlap, so each match ends one frame) and
+//! leaves the waiting rules for the tail to `step`, shared with `decode`.
 //!
 //! One deliberate difference from Netty: Netty judges "too long" on the whole buffered tail,
 //! including a trailing CR (or a partial custom delimiter) that the next read may turn into a
