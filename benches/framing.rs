@@ -1,5 +1,6 @@
 //! Framing throughput, fed the way a connection feeds it: 64 KiB reads appended to one
-//! `BytesMut`, `decode` drained after each. Corpora are generated deterministically (fixed
+//! `BytesMut`, drained after each by `decode_batch` (borrowed frames, what the server uses) and,
+//! in the `*_decode_bytes` rows, by the per-frame `decode` loop (one `Bytes` per frame). Corpora are generated deterministically (fixed
 //! seed): 40-byte text lines, 134-byte JSON objects (one per line), 25-byte binary frames in the
 //! docs' layout, ~4 MiB each. A bare `memchr_iter` count of the text corpus's LFs sits in the
 //! same groups as the physical baseline (it visits every LF position; it does not count with
@@ -99,8 +100,26 @@ fn specs() -> [(&'static str, FramingSpec, Vec<u8>, usize); 3] {
     ]
 }
 
-/// Feeds `corpus` in 64 KiB reads; returns the number of frames.
-fn frame_stream(spec: &FramingSpec, corpus: &[u8]) -> usize {
+/// Feeds `corpus` in 64 KiB reads, draining with `decode_batch`; returns the number of frames.
+fn frame_stream_batch(spec: &FramingSpec, corpus: &[u8]) -> usize {
+    let mut framer = Framer::new(spec);
+    let mut buf = BytesMut::with_capacity(2 * READ_BYTES);
+    let mut nr_frames = 0;
+    for read in corpus.chunks(READ_BYTES) {
+        buf.extend_from_slice(read);
+        framer.decode_batch(&mut buf, |item| {
+            if let Ok(frame) = item {
+                black_box(frame);
+                nr_frames += 1;
+            }
+        });
+    }
+    nr_frames
+}
+
+/// Feeds `corpus` in 64 KiB reads, draining with the per-frame `decode`; returns the number of
+/// frames.
+fn frame_stream_bytes(spec: &FramingSpec, corpus: &[u8]) -> usize {
     let mut framer = Framer::new(spec);
     let mut buf = BytesMut::with_capacity(2 * READ_BYTES);
     let mut nr_frames = 0;
@@ -121,7 +140,12 @@ fn bench_framing(c: &mut Criterion) {
     for (spec_name, spec, corpus, record_bytes) in &specs {
         assert_eq!(corpus.len() % record_bytes, 0, "{spec_name} corpus");
         assert_eq!(
-            frame_stream(spec, corpus),
+            frame_stream_batch(spec, corpus),
+            corpus.len() / record_bytes,
+            "{spec_name}"
+        );
+        assert_eq!(
+            frame_stream_bytes(spec, corpus),
             corpus.len() / record_bytes,
             "{spec_name}"
         );
@@ -151,7 +175,10 @@ fn bench_framing(c: &mut Criterion) {
         for (spec_name, spec, corpus, record_bytes) in &specs {
             group.throughput(throughput(corpus, *record_bytes));
             group.bench_function(*spec_name, |b| {
-                b.iter(|| frame_stream(spec, black_box(corpus)))
+                b.iter(|| frame_stream_batch(spec, black_box(corpus)))
+            });
+            group.bench_function(format!("{spec_name}_decode_bytes"), |b| {
+                b.iter(|| frame_stream_bytes(spec, black_box(corpus)))
             });
         }
         group.finish();

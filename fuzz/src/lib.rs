@@ -5,7 +5,8 @@
 //! Every target checks, for one input: no panic; the buffer never holds more than the limit
 //! after a drain (bounded memory); frames never exceed the limit; the frames, errors, leftover
 //! and discard count are the same when the stream is read at once and in the reads the input
-//! chooses.
+//! chooses, and the same again when the chosen reads are drained with `decode_batch` (borrowed
+//! frames) instead of the per-frame `decode`.
 
 #[path = "../../src/framing/mod.rs"]
 pub mod framing;
@@ -28,6 +29,7 @@ fn feed(
     stream: &[u8],
     read_sizes: &[usize],
     max_buffered: usize,
+    batch: bool,
 ) -> (Vec<Item>, Vec<u8>, u64) {
     let mut buf = BytesMut::new();
     let mut items = Vec::new();
@@ -39,8 +41,12 @@ fn feed(
         let (read, tail) = rest.split_at((*size).clamp(1, rest.len()));
         rest = tail;
         buf.extend_from_slice(read);
-        while let Some(item) = framer.decode(&mut buf) {
-            items.push(item.map(|frame| frame.to_vec()));
+        if batch {
+            framer.decode_batch(&mut buf, |item| items.push(item.map(<[u8]>::to_vec)));
+        } else {
+            while let Some(item) = framer.decode(&mut buf) {
+                items.push(item.map(|frame| frame.to_vec()));
+            }
         }
         assert!(
             buf.len() <= max_buffered,
@@ -59,9 +65,11 @@ pub fn check(
     max_buffered: usize,
     max_frame_bytes: usize,
 ) {
-    let at_once = feed(make(), stream, &[stream.len().max(1)], usize::MAX);
-    let chunked = feed(make(), stream, read_sizes, max_buffered);
+    let at_once = feed(make(), stream, &[stream.len().max(1)], usize::MAX, false);
+    let chunked = feed(make(), stream, read_sizes, max_buffered, false);
     assert_eq!(chunked, at_once, "chunking changed the result");
+    let chunked_batch = feed(make(), stream, read_sizes, max_buffered, true);
+    assert_eq!(chunked_batch, at_once, "decode_batch differs from decode");
     for frame in at_once.0.iter().flatten() {
         assert!(
             frame.len() <= max_frame_bytes,

@@ -19,9 +19,9 @@
 //! And when initialBytesToStrip exceeds a frame whose header arrived in an earlier read, Netty
 //! skips nothing and stays stuck on that frame; we skip the frame as the contract says.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use super::{BinarySpec, ByteOrder, FramingError};
+use super::{BinarySpec, ByteOrder, FramingError, Step};
 
 /// Streaming BINARY framer of one connection.
 #[derive(Debug)]
@@ -69,45 +69,60 @@ impl BinaryFramer {
     /// See [`super::Framer::decode`].
     #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        self.step(buf).apply(buf)
+    }
+
+    /// The pure core of both framer APIs: what the unconsumed `bytes` yield next.
+    #[inline]
+    pub(super) fn step(&mut self, bytes: &[u8]) -> Step {
+        let mut consumed = 0;
         let frame_bytes = match self.pending_frame_bytes {
             Some(frame_bytes) => frame_bytes,
             None => {
                 if self.too_long_frame_bytes != 0 {
-                    let nr_bytes = self.bytes_to_discard.min(buf.len() as u64) as usize;
-                    self.discard(buf, nr_bytes);
+                    let nr_bytes = self.bytes_to_discard.min(bytes.len() as u64) as usize;
+                    self.discarded_bytes += nr_bytes as u64;
                     self.bytes_to_discard -= nr_bytes as u64;
+                    consumed = nr_bytes;
                     if self.bytes_to_discard > 0 {
-                        return None;
+                        return Step::wait(consumed);
                     }
                     let frame_bytes = std::mem::take(&mut self.too_long_frame_bytes);
                     if !self.fail_fast {
-                        return Some(Err(self.too_long(frame_bytes)));
+                        return Step::error(consumed, self.too_long(frame_bytes));
                     }
                 }
-                if buf.len() < self.header_bytes {
-                    return None;
+                let rest = &bytes[consumed..];
+                if rest.len() < self.header_bytes {
+                    return Step::wait(consumed);
                 }
-                let length = self.read_length_field(buf);
+                let length = self.read_length_field(rest);
                 if length < 0 {
-                    self.discard(buf, self.header_bytes);
-                    return Some(Err(FramingError::NegativeLength {
-                        length,
-                        header_bytes: self.header_bytes,
-                    }));
+                    self.discarded_bytes += self.header_bytes as u64;
+                    return Step::error(
+                        consumed + self.header_bytes,
+                        FramingError::NegativeLength {
+                            length,
+                            header_bytes: self.header_bytes,
+                        },
+                    );
                 }
                 // Java long arithmetic: a huge 8-byte length wraps, then fails the next check.
                 let frame_bytes = length
                     .wrapping_add(self.length_adjustment)
                     .wrapping_add(self.header_bytes as i64);
                 if frame_bytes < self.header_bytes as i64 {
-                    self.discard(buf, self.header_bytes);
-                    return Some(Err(FramingError::FrameShorterThanHeader {
-                        frame_bytes,
-                        header_bytes: self.header_bytes,
-                    }));
+                    self.discarded_bytes += self.header_bytes as u64;
+                    return Step::error(
+                        consumed + self.header_bytes,
+                        FramingError::FrameShorterThanHeader {
+                            frame_bytes,
+                            header_bytes: self.header_bytes,
+                        },
+                    );
                 }
                 if frame_bytes > self.max_frame_bytes as i64 {
-                    return self.start_discarding(buf, frame_bytes);
+                    return self.start_discarding(consumed, rest.len(), frame_bytes);
                 }
                 // In range: 0 < frame_bytes <= max_frame_bytes.
                 let frame_bytes = frame_bytes as usize;
@@ -115,43 +130,45 @@ impl BinaryFramer {
                 frame_bytes
             }
         };
-        if buf.len() < frame_bytes {
-            return None;
+        if bytes.len() - consumed < frame_bytes {
+            return Step::wait(consumed);
         }
         self.pending_frame_bytes = None;
+        let end = consumed + frame_bytes;
         if self.initial_bytes_to_strip > frame_bytes {
-            self.discard(buf, frame_bytes);
-            return Some(Err(FramingError::StripBeyondFrame {
-                frame_bytes,
-                strip_bytes: self.initial_bytes_to_strip,
-            }));
+            self.discarded_bytes += frame_bytes as u64;
+            return Step::error(
+                end,
+                FramingError::StripBeyondFrame {
+                    frame_bytes,
+                    strip_bytes: self.initial_bytes_to_strip,
+                },
+            );
         }
-        buf.advance(self.initial_bytes_to_strip);
-        Some(Ok(buf
-            .split_to(frame_bytes - self.initial_bytes_to_strip)
-            .freeze()))
+        Step::frame(end, consumed + self.initial_bytes_to_strip..end)
     }
 
-    /// An over-long frame announced by its header: drop what is here, remember the rest.
-    fn start_discarding(
-        &mut self,
-        buf: &mut BytesMut,
-        frame_bytes: i64,
-    ) -> Option<Result<Bytes, FramingError>> {
+    /// An over-long frame announced by its header, `available` bytes of it (from `consumed`)
+    /// at hand: drop what is here, remember the rest.
+    fn start_discarding(&mut self, consumed: usize, available: usize, frame_bytes: i64) -> Step {
         // frame_bytes > max_frame_bytes >= 1, so it is positive.
         let frame_bytes_u64 = frame_bytes as u64;
-        if frame_bytes_u64 <= buf.len() as u64 {
+        if frame_bytes_u64 <= available as u64 {
             // All of it is here: drop it and report now, whatever failFast says.
-            self.discard(buf, frame_bytes_u64 as usize);
-            return Some(Err(self.too_long(frame_bytes)));
+            self.discarded_bytes += frame_bytes_u64;
+            return Step::error(
+                consumed + frame_bytes_u64 as usize,
+                self.too_long(frame_bytes),
+            );
         }
-        self.bytes_to_discard = frame_bytes_u64 - buf.len() as u64;
+        self.bytes_to_discard = frame_bytes_u64 - available as u64;
         self.too_long_frame_bytes = frame_bytes;
-        self.discard(buf, buf.len());
+        self.discarded_bytes += available as u64;
+        let consumed = consumed + available;
         if self.fail_fast {
-            Some(Err(self.too_long(frame_bytes)))
+            Step::error(consumed, self.too_long(frame_bytes))
         } else {
-            None
+            Step::wait(consumed)
         }
     }
 
@@ -162,25 +179,40 @@ impl BinaryFramer {
         }
     }
 
-    fn discard(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
-        buf.advance(nr_bytes);
-        self.discarded_bytes += nr_bytes as u64;
-    }
-
     /// The length field of the frame at the front of `buf` (which holds the whole header).
     #[inline]
     fn read_length_field(&self, buf: &[u8]) -> i64 {
         let field = &buf[self.length_field_offset..self.header_bytes];
-        // Widen to 8 bytes so one conversion serves every field size.
-        let mut wide = [0u8; 8];
-        match self.byte_order {
-            ByteOrder::BigEndian => {
-                wide[8 - field.len()..].copy_from_slice(field);
-                i64::from_be_bytes(wide)
+        let big_endian = self.byte_order == ByteOrder::BigEndian;
+        // The common widths as fixed-size loads; 3 bytes through the widening path.
+        match field.len() {
+            1 => i64::from(field[0]),
+            2 => {
+                let bytes = [field[0], field[1]];
+                i64::from(if big_endian {
+                    u16::from_be_bytes(bytes)
+                } else {
+                    u16::from_le_bytes(bytes)
+                })
             }
-            ByteOrder::LittleEndian => {
-                wide[..field.len()].copy_from_slice(field);
-                i64::from_le_bytes(wide)
+            4 => {
+                let bytes = [field[0], field[1], field[2], field[3]];
+                i64::from(if big_endian {
+                    u32::from_be_bytes(bytes)
+                } else {
+                    u32::from_le_bytes(bytes)
+                })
+            }
+            _ => {
+                // Widen to 8 bytes: 3-byte fields unsigned, 8-byte fields signed (Java long).
+                let mut wide = [0u8; 8];
+                if big_endian {
+                    wide[8 - field.len()..].copy_from_slice(field);
+                    i64::from_be_bytes(wide)
+                } else {
+                    wide[..field.len()].copy_from_slice(field);
+                    i64::from_le_bytes(wide)
+                }
             }
         }
     }

@@ -14,14 +14,14 @@
 //!   buffer against the cap, so its outcome depends on TCP segmentation; we test the frame, so
 //!   ours does not.
 //!
-//! Invariants: while a frame is open, `buf[0]` is its first byte and `buf[..scan_pos]` has been
+//! Invariants: while a frame is open, the first unconsumed byte is its first byte and `buf[..scan_pos]` has been
 //! scanned into (`depth`, `in_string`), so every byte is examined once. The scan jumps between
 //! structural bytes using 64-byte SIMD class masks (`"` `\` `{[` `}]`) instead of visiting every
 //! byte.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use super::FramingError;
+use super::{FramingError, Step};
 
 /// ThingsBoard's JSON buffer cap (Netty `JsonObjectDecoder` default `maxObjectLength`).
 pub const JSON_MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -82,19 +82,29 @@ impl JsonFramer {
     /// See [`super::Framer::decode`].
     #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        self.step(buf).apply(buf)
+    }
+
+    /// The pure core of both framer APIs: what the unconsumed `bytes` yield next. While a frame
+    /// is open, it starts at `bytes[0]`.
+    #[inline]
+    pub(super) fn step(&mut self, bytes: &[u8]) -> Step {
+        let mut consumed = 0;
         loop {
             match self.state {
                 State::Corrupted => {
-                    self.discard(buf, buf.len());
-                    return None;
+                    self.discarded_bytes += (bytes.len() - consumed) as u64;
+                    return Step::wait(bytes.len());
                 }
                 State::Idle => {
-                    let Some(start) = buf.iter().position(|&b| !is_java_whitespace(b)) else {
-                        buf.clear();
-                        return None;
+                    let Some(start) = bytes[consumed..]
+                        .iter()
+                        .position(|&b| !is_java_whitespace(b))
+                    else {
+                        return Step::wait(bytes.len());
                     };
-                    buf.advance(start);
-                    let first = buf[0];
+                    consumed += start;
+                    let first = bytes[consumed];
                     if first == b'{' || first == b'[' {
                         self.state = State::InFrame;
                         self.depth = 1;
@@ -103,34 +113,35 @@ impl JsonFramer {
                         continue;
                     }
                     self.state = State::Corrupted;
-                    self.discard(buf, buf.len());
-                    return Some(Err(FramingError::JsonCorrupted { byte: first }));
+                    self.discarded_bytes += (bytes.len() - consumed) as u64;
+                    return Step::error(bytes.len(), FramingError::JsonCorrupted { byte: first });
                 }
                 State::InFrame => {
-                    let limit = buf.len().min(self.max_frame_bytes);
-                    if let Some(end) = self.scan(&buf[..limit]) {
+                    let frame = &bytes[consumed..];
+                    let limit = frame.len().min(self.max_frame_bytes);
+                    if let Some(end) = self.scan(&frame[..limit]) {
                         self.state = State::Idle;
-                        return Some(Ok(buf.split_to(end + 1).freeze()));
+                        let frame_end = consumed + end + 1;
+                        return Step::frame(frame_end, consumed..frame_end);
                     }
                     // The first max_frame_bytes bytes did not close the frame. (scan_pos can
                     // pass the cap one byte early, after a backslash: wait for that byte so
                     // the discarded span does not depend on how the stream was read.)
-                    if self.scan_pos >= self.max_frame_bytes && buf.len() >= self.max_frame_bytes {
+                    if self.scan_pos >= self.max_frame_bytes && frame.len() >= self.max_frame_bytes
+                    {
                         self.state = State::Idle;
-                        self.discard(buf, self.max_frame_bytes);
-                        return Some(Err(FramingError::JsonBufferOverflow {
-                            max_frame_bytes: self.max_frame_bytes,
-                        }));
+                        self.discarded_bytes += self.max_frame_bytes as u64;
+                        return Step::error(
+                            consumed + self.max_frame_bytes,
+                            FramingError::JsonBufferOverflow {
+                                max_frame_bytes: self.max_frame_bytes,
+                            },
+                        );
                     }
-                    return None;
+                    return Step::wait(consumed);
                 }
             }
         }
-    }
-
-    fn discard(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
-        buf.advance(nr_bytes);
-        self.discarded_bytes += nr_bytes as u64;
     }
 
     /// Continues the scan of the open frame in `bytes` from `scan_pos`. Returns the index of the

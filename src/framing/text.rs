@@ -12,7 +12,9 @@
 //! Invariants: `buf[..scanned]` is known to hold no delimiter start, so each byte is searched once
 //! (memchr / memmem) however slowly the frame arrives. While no delimiter is found, the buffer
 //! keeps at most `maxFrameLength` bytes of frame plus the few trailing bytes that may begin a
-//! delimiter.
+//! delimiter. `decode_batch` searches the whole unscanned buffer in one `memchr_iter` /
+//! `memmem::find_iter` pass (the delimiters do not overlap, so each match ends one frame) and
+//! leaves the waiting rules for the tail to `step`, shared with `decode`.
 //!
 //! One deliberate difference from Netty: Netty judges "too long" on the whole buffered tail,
 //! including a trailing CR (or a partial custom delimiter) that the next read may turn into a
@@ -23,7 +25,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 
-use super::{Delimiter, FramingError, TextSpec};
+use super::{Delimiter, FramingError, Step, TextSpec};
 
 const LF: u8 = b'\n';
 const CR: u8 = b'\r';
@@ -77,42 +79,103 @@ impl TextFramer {
     /// See [`super::Framer::decode`].
     #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<Bytes, FramingError>> {
+        self.step(buf).apply(buf)
+    }
+
+    /// See [`super::Framer::decode_batch`]. One delimiter search runs over everything
+    /// unscanned (`memchr_iter` / `memmem::find_iter`); each match is a frame (or the end of a
+    /// discarded one), handed out borrowed. The tail after the last delimiter goes through
+    /// [`TextFramer::step`], which keeps the waiting rules in one place.
+    #[inline]
+    pub fn decode_batch(
+        &mut self,
+        buf: &mut BytesMut,
+        on_item: &mut impl FnMut(Result<&[u8], FramingError>),
+    ) {
+        let bytes: &[u8] = buf;
+        let from = self.scanned.min(bytes.len());
+        let TextFramer {
+            separator,
+            max_frame_bytes,
+            strip_delimiter,
+            discarding,
+            discarded_bytes,
+            ..
+        } = self;
+        let mut frames = Frames {
+            bytes,
+            max_frame_bytes: *max_frame_bytes,
+            strip_delimiter: *strip_delimiter,
+            discarding,
+            discarded_bytes,
+        };
+        let (tail_start, resume_margin) = match separator {
+            Separator::Line => {
+                let positions = memchr::memchr_iter(LF, &bytes[from..]).map(|i| from + i);
+                (frames.hand_out(positions, 1, true, on_item), 0)
+            }
+            Separator::Byte(byte) => {
+                let positions = memchr::memchr_iter(*byte, &bytes[from..]).map(|i| from + i);
+                (frames.hand_out(positions, 1, false, on_item), 0)
+            }
+            Separator::Bytes(finder) => {
+                // Matches do not overlap: the search resumes after each delimiter, where the
+                // next frame starts, as `step` does.
+                let needle_bytes = finder.needle().len();
+                let positions = finder.find_iter(&bytes[from..]).map(|i| from + i);
+                (
+                    frames.hand_out(positions, needle_bytes, false, on_item),
+                    needle_bytes - 1,
+                )
+            }
+        };
+        // The tail holds no delimiter: resume the next search where `find_delimiter` would.
+        self.scanned = (bytes.len() - tail_start).saturating_sub(resume_margin);
+        buf.advance(tail_start);
+        super::drain_steps(buf, |bytes| self.step(bytes), on_item);
+    }
+
+    /// The pure core of both framer APIs: what the unconsumed `bytes` yield next.
+    #[inline]
+    pub(super) fn step(&mut self, bytes: &[u8]) -> Step {
+        let mut consumed = 0;
         loop {
-            match self.find_delimiter(buf) {
+            let rest = &bytes[consumed..];
+            match self.find_delimiter(rest) {
                 Some((frame_bytes, delimiter_bytes)) => {
                     self.scanned = 0;
+                    let end = consumed + frame_bytes + delimiter_bytes;
                     if self.discarding {
                         // The error was reported when the frame first exceeded the limit.
                         self.discarding = false;
-                        self.discard(buf, frame_bytes + delimiter_bytes);
+                        self.discarded_bytes += (frame_bytes + delimiter_bytes) as u64;
+                        consumed = end;
                         continue;
                     }
                     if frame_bytes > self.max_frame_bytes {
-                        self.discard(buf, frame_bytes + delimiter_bytes);
-                        return Some(Err(self.too_long()));
+                        self.discarded_bytes += (frame_bytes + delimiter_bytes) as u64;
+                        return Step::error(end, self.too_long());
                     }
-                    let frame = if self.strip_delimiter {
-                        let frame = buf.split_to(frame_bytes).freeze();
-                        buf.advance(delimiter_bytes);
-                        frame
+                    let frame_end = if self.strip_delimiter {
+                        consumed + frame_bytes
                     } else {
-                        buf.split_to(frame_bytes + delimiter_bytes).freeze()
+                        end
                     };
-                    return Some(Ok(frame));
+                    return Step::frame(end, consumed..frame_end);
                 }
                 None => {
                     // Bytes that may still begin a delimiter are not known to be frame data.
-                    let known_frame_bytes = buf.len() - self.possible_delimiter_tail(buf);
+                    let known_frame_bytes = rest.len() - self.possible_delimiter_tail(rest);
                     if self.discarding {
-                        self.discard_known(buf, known_frame_bytes);
-                        return None;
+                        self.discard_known(known_frame_bytes);
+                        return Step::wait(consumed + known_frame_bytes);
                     }
                     if known_frame_bytes > self.max_frame_bytes {
                         self.discarding = true;
-                        self.discard_known(buf, known_frame_bytes);
-                        return Some(Err(self.too_long()));
+                        self.discard_known(known_frame_bytes);
+                        return Step::error(consumed + known_frame_bytes, self.too_long());
                     }
-                    return None;
+                    return Step::wait(consumed);
                 }
             }
         }
@@ -129,15 +192,10 @@ impl TextFramer {
         }
     }
 
-    fn discard(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
-        buf.advance(nr_bytes);
+    /// Counts bytes known to belong to an over-long frame as discarded; the search resume
+    /// point moves with them (it may fall inside the kept tail, where a delimiter may start).
+    fn discard_known(&mut self, nr_bytes: usize) {
         self.discarded_bytes += nr_bytes as u64;
-    }
-
-    /// Discards bytes known to belong to an over-long frame; the search resume point moves
-    /// with them (it may fall inside the kept tail, where a delimiter may start).
-    fn discard_known(&mut self, buf: &mut BytesMut, nr_bytes: usize) {
-        self.discard(buf, nr_bytes);
         self.scanned = self.scanned.saturating_sub(nr_bytes);
     }
 
@@ -195,5 +253,59 @@ impl TextFramer {
                     .unwrap_or(0)
             }
         }
+    }
+}
+
+/// The frame-handing part of a [`TextFramer`], borrowed apart from its separator so a search
+/// over the buffer can run while frames are handed out.
+struct Frames<'a, 'f> {
+    bytes: &'a [u8],
+    max_frame_bytes: usize,
+    strip_delimiter: bool,
+    discarding: &'f mut bool,
+    discarded_bytes: &'f mut u64,
+}
+
+impl<'a> Frames<'a, '_> {
+    /// Hands out the frames ended by the delimiters at `positions` (ascending, non-overlapping,
+    /// each `delimiter_bytes` long; `cr_lf`: a CR right before one joins it). Returns where the
+    /// bytes after the last delimiter start.
+    #[inline(always)]
+    fn hand_out(
+        &mut self,
+        positions: impl Iterator<Item = usize>,
+        delimiter_bytes: usize,
+        cr_lf: bool,
+        on_item: &mut impl FnMut(Result<&'a [u8], FramingError>),
+    ) -> usize {
+        let bytes = self.bytes;
+        let mut start = 0;
+        for delimiter_at in positions {
+            let end = delimiter_at + delimiter_bytes;
+            let frame_end = if cr_lf && delimiter_at > start && bytes[delimiter_at - 1] == CR {
+                delimiter_at - 1
+            } else {
+                delimiter_at
+            };
+            if *self.discarding {
+                // The error was reported when the frame first exceeded the limit.
+                *self.discarding = false;
+                *self.discarded_bytes += (end - start) as u64;
+            } else if frame_end - start > self.max_frame_bytes {
+                *self.discarded_bytes += (end - start) as u64;
+                on_item(Err(FramingError::TextFrameTooLong {
+                    max_frame_bytes: self.max_frame_bytes,
+                }));
+            } else {
+                let frame = if self.strip_delimiter {
+                    &bytes[start..frame_end]
+                } else {
+                    &bytes[start..end]
+                };
+                on_item(Ok(frame));
+            }
+            start = end;
+        }
+        start
     }
 }

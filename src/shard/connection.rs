@@ -200,7 +200,8 @@ fn split_and_convert(
     let mut records = Vec::new();
     let mut frames = 0u64;
     let mut runtime = shard.runtime.borrow_mut();
-    while let Some(result) = framer.decode(pending) {
+    // Frames are borrowed from `pending`, which is consumed once after the last one.
+    framer.decode_batch(pending, |result| {
         let frame = match result {
             Ok(frame) => frame,
             Err(e) => {
@@ -210,12 +211,12 @@ fn split_and_convert(
                     error: &e,
                 }
                 .emit();
-                continue;
+                return;
             }
         };
         frames += 1;
         converted.clear();
-        match runtime.decode_uplink(&frame, converted) {
+        match runtime.decode_uplink(frame, converted) {
             Ok(()) => {
                 for record in converted.drain(..) {
                     records.push(ShippedRecord {
@@ -232,7 +233,7 @@ fn split_and_convert(
             }
             .emit(),
         }
-    }
+    });
     metrics::add(Counter::FramesDecoded, frames);
     metrics::add(Counter::RecordsConverted, records.len() as u64);
     records
