@@ -20,7 +20,8 @@ use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 
 use super::control::{ConnCommand, Shard};
-use super::{RecordBatch, ServingConfig, ShardEvent, ShippedRecord, tag_record};
+use super::pipeline::{FrameFailure, convert_frames};
+use super::{RecordBatch, ServingConfig, ShardEvent, ShippedRecord};
 use crate::downlink::routing::ConnRef;
 use crate::events::{ConvertFailed, FramingFailed};
 use crate::framing::Framer;
@@ -189,7 +190,8 @@ fn recv_into(fd: RawFd, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Splits every complete frame out of `pending` and runs the uplink converter on each.
+/// Splits every complete frame out of `pending` and runs the uplink converter on each
+/// (`pipeline::convert_frames`), reporting failures and counting frames and records.
 fn split_and_convert(
     shard: &Shard,
     framer: &mut Framer,
@@ -198,42 +200,29 @@ fn split_and_convert(
     converted: &mut Vec<crate::convert::UplinkRecord>,
 ) -> Vec<ShippedRecord> {
     let mut records = Vec::new();
-    let mut frames = 0u64;
     let mut runtime = shard.runtime.borrow_mut();
-    // Frames are borrowed from `pending`, which is consumed once after the last one.
-    framer.decode_batch(pending, |result| {
-        let frame = match result {
-            Ok(frame) => frame,
-            Err(e) => {
-                FramingFailed {
-                    peer,
-                    kind: e.kind(),
-                    error: &e,
-                }
-                .emit();
-                return;
-            }
-        };
-        frames += 1;
-        converted.clear();
-        match runtime.decode_uplink(frame, converted) {
-            Ok(()) => {
-                for record in converted.drain(..) {
-                    records.push(ShippedRecord {
-                        tagged: tag_record(record.kind, &record.encoded),
-                        name: record.name,
-                    });
-                }
-            }
-            Err(e) => ConvertFailed {
+    let frames = convert_frames(
+        framer,
+        &mut runtime,
+        pending,
+        converted,
+        &mut records,
+        |failure| match failure {
+            FrameFailure::Framing(e) => FramingFailed {
                 peer,
                 kind: e.kind(),
-                frame_bytes: frame.len(),
-                error: &e,
+                error: e,
             }
             .emit(),
-        }
-    });
+            FrameFailure::Convert { error, frame_bytes } => ConvertFailed {
+                peer,
+                kind: error.kind(),
+                frame_bytes,
+                error,
+            }
+            .emit(),
+        },
+    );
     metrics::add(Counter::FramesDecoded, frames);
     metrics::add(Counter::RecordsConverted, records.len() as u64);
     records

@@ -12,6 +12,7 @@
 
 mod connection;
 mod control;
+pub mod pipeline;
 
 use std::rc::Rc;
 use std::sync::Arc;
