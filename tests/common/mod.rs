@@ -229,3 +229,55 @@ pub fn latest<'a>(records: &'a [Record], device: &str, key: &str) -> Option<&'a 
         .filter_map(|t| t.values.get(key))
         .next_back()
 }
+
+/// Closes the device side of `stream` and waits for the server's close (EOF): by then the
+/// server's connection task has ended and deregistered the connection, so what the test does
+/// next (e.g. a downlink) finds the device without a live connection.
+pub fn close_and_wait_eof(mut stream: TcpStream) {
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => panic!(
+                "unexpected {n} bytes before the close: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("server never closed the connection: {e}"),
+        }
+    }
+}
+
+/// Waits until connecting to `port` is refused: nothing listens there any more.
+pub fn wait_refused(port: u16) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            Err(e) => panic!("connecting to port {port} failed otherwise: {e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still accepts connections"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the server has closed `stream` (EOF or reset); fails on data or on PATIENCE.
+pub fn wait_closed_by_server(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "unexpected {n} bytes instead of a close: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server never closed the connection: {e}"),
+    }
+}
