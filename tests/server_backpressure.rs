@@ -1,6 +1,6 @@
 //! Backpressure instead of loss: when ThingsBoard stops acknowledging and the spool is full,
 //! the server stops reading device sockets (their writes block); when acknowledgements resume,
-//! every record is delivered.
+//! every record is delivered. One test per binary: it reads process-wide counters and gauges.
 
 mod common;
 
@@ -9,7 +9,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tcp_integration::edge_sim::TypedValue;
-use tcp_integration::metrics::{self, Gauge};
+use tcp_integration::metrics::{self, Counter, Gauge};
+use tcp_integration::uplink::spool::segment::SEGMENT_HEADER_BYTES;
+
+/// `TCPI_SPOOL_MAX_BYTES` of this test.
+const SPOOL_MAX_BYTES: i64 = 65536;
+/// The uplink core appends in chunks of at most a quarter of max_bytes (or one record), each
+/// counted with a segment header: a spool that refused a chunk holds more than this.
+const FULL_SPOOL_BYTES: i64 = SPOOL_MAX_BYTES - SPOOL_MAX_BYTES / 4 - SEGMENT_HEADER_BYTES as i64;
+/// Consecutive polls (25 ms apart) with writes blocked and the spool full and unchanged.
+const STABLE_POLLS: u32 = 12;
 
 #[test]
 fn paused_edge_blocks_devices_then_everything_arrives() {
@@ -18,7 +27,7 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
         text_example(port.port),
         port,
         &[
-            ("TCPI_SPOOL_MAX_BYTES", "65536"),
+            ("TCPI_SPOOL_MAX_BYTES", &SPOOL_MAX_BYTES.to_string()),
             ("TCPI_SHARD_CHANNEL_RECORDS", "64"),
             ("TCPI_INFLIGHT_BATCHES", "2"),
             ("TCPI_BATCH_MAX_RECORDS", "50"),
@@ -33,15 +42,23 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
         .set_send_buffer_size(16 * 1024)
         .unwrap();
     device.set_nonblocking(true).unwrap();
-    // Write frames until the socket refuses more for a while: the server has stopped reading.
+    // Write frames until the server has provably stopped reading: the device's writes fail
+    // with WouldBlock while the spool is full — the uplink core appends nothing
+    // (`RecordsSpooled` and the spool gauge stay put) and the spool has no room for even one
+    // append chunk — across STABLE_POLLS consecutive polls. Any accepted byte or any append
+    // starts the count again.
     let mut sent = 0usize;
     let mut pending = Vec::new();
-    let mut blocked_since: Option<Instant> = None;
+    let mut stable_polls = 0;
+    let mut last_state = (u64::MAX, i64::MIN);
     let deadline = Instant::now() + PATIENCE * 2;
     loop {
         assert!(
             Instant::now() < deadline,
-            "device writes never blocked (sent {sent} frames)"
+            "device writes never blocked on a full spool (sent {sent} frames, spooled {}, \
+             spool {} bytes)",
+            metrics::get(Counter::RecordsSpooled),
+            metrics::gauge(Gauge::SpoolBytes)
         );
         if pending.is_empty() {
             pending = format!("SN-BP,default,seq,{sent}\n").into_bytes();
@@ -50,28 +67,41 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
         match device.write(&pending) {
             Ok(n) => {
                 pending.drain(..n);
-                blocked_since = None;
+                stable_polls = 0;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let since = *blocked_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(1) {
+                let state = (
+                    metrics::get(Counter::RecordsSpooled),
+                    metrics::gauge(Gauge::SpoolBytes),
+                );
+                let full = state.1 > FULL_SPOOL_BYTES;
+                stable_polls = if full && state == last_state {
+                    stable_polls + 1
+                } else {
+                    0
+                };
+                last_state = state;
+                if stable_polls == STABLE_POLLS {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                // Spaced so that the polls span several of the uplink core's gauge updates.
+                std::thread::sleep(Duration::from_millis(25));
             }
             Err(e) => panic!("write failed: {e}"),
         }
     }
-    // Finish the partially written frame once acknowledgements resume.
+    // `append_batch` refuses any append that would take the segment files past max_bytes.
     let spool_bytes = metrics::gauge(Gauge::SpoolBytes);
     assert!(
-        spool_bytes <= 2 * 65536,
+        spool_bytes <= SPOOL_MAX_BYTES,
         "spool grew past its bound: {spool_bytes}"
     );
-    // The writes blocked because the spool filled, not because the server was slow to read.
+    // Everything the server took from the device is in the spool or on its way there; the
+    // frames still in the socket buffers are not.
+    let spooled_while_blocked = metrics::get(Counter::RecordsSpooled);
     assert!(
-        spool_bytes >= 65536 / 2,
-        "writes blocked with the spool only at {spool_bytes} bytes"
+        (spooled_while_blocked as usize) < sent,
+        "{spooled_while_blocked} of {sent}"
     );
     h.edge().set_ack_paused(false);
     device.set_nonblocking(false).unwrap();
@@ -90,4 +120,6 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
     assert_eq!(seqs.len(), sent, "every frame the device wrote arrived");
     assert_eq!(seqs.first(), Some(&0));
     assert_eq!(seqs.last(), Some(&(sent as i64 - 1)));
+    // One binary, one test: the counter is this test's alone. Every frame was spooled once.
+    assert_eq!(metrics::get(Counter::RecordsSpooled), sent as u64);
 }
