@@ -52,7 +52,11 @@ fn converter_update_keeps_connections_and_uses_the_new_script() {
 #[test]
 fn handler_update_rebinds_on_the_new_port() {
     let port = reserve_port();
+    let old_port = port.port;
     let h = Harness::start(text_example(port.port), port, &[]);
+    let mut old_device = h.connect();
+    send(&mut old_device, b"SN-OLD,default,temperature,20.5\n");
+    h.wait_records(1);
     let new_port = reserve_port();
     let mut def = h.edge().definition();
     def.configuration["clientConfiguration"]["port"] = serde_json::json!(new_port.port);
@@ -61,10 +65,15 @@ fn handler_update_rebinds_on_the_new_port() {
         "messageSeparator": "NUL_DELIMITER"
     });
     h.edge().replace_definition(def).unwrap();
+    // As ThingsBoard restarts its TCP server: the old connection is closed and the old port
+    // stops accepting.
+    wait_closed_by_server(&mut old_device);
     h.wait_listening(new_port.port);
+    wait_refused(old_port);
     let mut device = std::net::TcpStream::connect(("127.0.0.1", new_port.port)).unwrap();
     send(&mut device, b"SN-NUL,default,temperature,21.5\0");
-    let records = h.wait_records(1);
+    let records = h.wait_records(2);
+    assert_eq!(records.len(), 2);
     assert_eq!(
         latest(&records, "SN-NUL", "temperature"),
         Some(&TypedValue::Double(21.5))
@@ -76,15 +85,12 @@ fn disabled_integration_stops_serving_devices() {
     let port = reserve_port();
     let h = Harness::start(text_example(port.port), port, &[]);
     let mut device = h.connect();
+    send(&mut device, b"SN-OFF,default,temperature,20.5\n");
+    h.wait_records(1);
     let mut def = h.edge().definition();
     def.enabled = false;
     h.edge().replace_definition(def).unwrap();
-    // The server closes the device connection.
-    device.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut buf = [0u8; 8];
-    assert_eq!(
-        device.read(&mut buf).unwrap(),
-        0,
-        "connection closed by the server"
-    );
+    // The server closes the device connection and the listener.
+    wait_closed_by_server(&mut device);
+    wait_refused(h.port.port);
 }
