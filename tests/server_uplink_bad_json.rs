@@ -30,7 +30,11 @@ fn garbage_json_stream_is_counted_once_and_other_connections_work() {
     // everything the device sent.
     close_and_wait_eof(bad);
     assert_eq!(metrics::get(Counter::FramingErrors), 1);
-    assert_eq!(metrics::get(Counter::FramesDecoded), 1, "only SN-JSON's frame");
+    assert_eq!(
+        metrics::get(Counter::FramesDecoded),
+        1,
+        "only SN-JSON's frame"
+    );
     assert_eq!(metrics::get(Counter::RecordsConverted), 1);
     // The good connection is still served.
     send(

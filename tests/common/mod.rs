@@ -197,25 +197,6 @@ pub fn read_exact_within(stream: &mut TcpStream, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Asserts nothing arrives on `stream` for a short while.
-pub fn assert_silent(stream: &mut TcpStream, for_how_long: Duration) {
-    stream.set_read_timeout(Some(for_how_long)).unwrap();
-    let mut buf = [0u8; 64];
-    match stream.read(&mut buf) {
-        Ok(n) => panic!(
-            "unexpected {n} bytes: {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        ),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "{e}"
-        ),
-    }
-}
-
 pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).unwrap();
 }
@@ -237,16 +218,14 @@ pub fn close_and_wait_eof(mut stream: TcpStream) {
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => panic!(
-                "unexpected {n} bytes before the close: {:?}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("server never closed the connection: {e}"),
-        }
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "unexpected {n} bytes before the close: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("server never closed the connection: {e}"),
     }
 }
 
