@@ -65,6 +65,9 @@ pub struct UplinkRecord {
     pub name: String,
     /// `DeviceUplinkDataProto` or `AssetUplinkDataProto` bytes, by `kind`.
     pub encoded: Bytes,
+    /// The same message as the `UplinkMsg` field it travels in (key and length in front);
+    /// `encoded` is a slice of it. Empty when the record was built without it.
+    pub tagged: Bytes,
 }
 
 /// Everything that can go wrong converting one frame or setting a converter. Per-frame errors
@@ -287,13 +290,13 @@ impl ConverterRuntime {
         if result.is_ok() {
             for mut entity in entities.drain(..) {
                 self.update_only.filter(&mut entity);
-                let kind = entity.kind;
-                let name = entity.name.clone();
-                let encoded = record::encode_entity(entity, &mut self.encode_buf);
+                let (tagged, header_bytes) =
+                    record::encode_entity_tagged(&entity, &mut self.encode_buf);
                 out.push(UplinkRecord {
-                    kind,
-                    name,
-                    encoded,
+                    kind: entity.kind,
+                    encoded: tagged.slice(header_bytes..),
+                    tagged,
+                    name: entity.name,
                 });
             }
         }
