@@ -236,7 +236,7 @@ impl ServerOptions {
         let uplink_core = settings
             .shards
             .uplink_core
-            .or_else(|| (cores > nr_shards).then_some(nr_shards));
+            .or_else(|| default_uplink_core(cores, &shard_cores));
         let rpc = &settings.rpc;
         let session = crate::uplink::session::SessionConfig {
             endpoint: rpc.endpoint_uri(),
@@ -289,6 +289,15 @@ impl ServerOptions {
     }
 }
 
+/// The uplink core's default core: the first core no shard is pinned to; unpinned on a
+/// single-core machine or when the shards are pinned to every core.
+fn default_uplink_core(cores: usize, shard_cores: &[usize]) -> Option<usize> {
+    if cores < 2 {
+        return None;
+    }
+    (0..cores).find(|core| !shard_cores.contains(core))
+}
+
 /// How long shutdown waits for in-flight batches to be acknowledged.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the kernel per device socket read: large enough for a burst of small frames
@@ -312,5 +321,19 @@ fn spool_options(
         segment_bytes: (settings.max_bytes / 8)
             .clamp(4096, crate::uplink::spool::DEFAULT_SEGMENT_BYTES),
         ..SpoolOptions::new(&settings.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_uplink_core;
+
+    #[test]
+    fn uplink_core_defaults_to_a_core_without_a_shard() {
+        assert_eq!(default_uplink_core(4, &[0, 1, 2]), Some(3));
+        assert_eq!(default_uplink_core(4, &[2, 3]), Some(0));
+        assert_eq!(default_uplink_core(2, &[0]), Some(1));
+        assert_eq!(default_uplink_core(2, &[0, 1]), None);
+        assert_eq!(default_uplink_core(1, &[]), None);
     }
 }

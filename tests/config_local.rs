@@ -638,3 +638,18 @@ fn toml_env_and_flag_spellings_set_the_same_field() {
         }
     }
 }
+
+#[test]
+fn ipv6_edge_host_is_bracketed_in_the_endpoint_uri() {
+    let s = load(&[], &[("RPC_HOST", "::1"), ("RPC_PORT", "9090")]).unwrap();
+    assert_eq!(s.rpc.endpoint_uri(), "http://[::1]:9090");
+    assert!(
+        s.rpc
+            .endpoint_uri()
+            .parse::<tonic::transport::Uri>()
+            .is_ok(),
+        "a valid URI"
+    );
+    let s = load(&[], &[("RPC_HOST", "10.0.0.7")]).unwrap();
+    assert_eq!(s.rpc.endpoint_uri(), "http://10.0.0.7:9090");
+}

@@ -949,7 +949,12 @@ impl RpcSettings {
     /// The gRPC endpoint URI (`http://` = h2c, `https://` = TLS).
     pub fn endpoint_uri(&self) -> String {
         let scheme = if self.ssl { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.host, self.port)
+        // An IPv6 literal needs brackets in a URI (`http://[::1]:9090`).
+        if self.host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
     }
 }
 
