@@ -69,7 +69,7 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(s.rpc.ack_timeout, Duration::from_millis(10_000));
     assert_eq!(s.rpc.service_id(), "[remote:8082]");
     assert_eq!(s.shards.nr_shards, None);
-    assert_eq!(s.shards.ring_depth, 128);
+    assert_eq!(s.shards.ring_depth, 4096);
     assert_eq!(s.socket.bind_address, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!(s.socket.tcp_nodelay, None);
     assert_eq!(s.socket.max_connections, 100_000);
