@@ -32,7 +32,11 @@ fn deaf_device(port: u16) -> TcpStream {
 fn wait_peekable(stream: &TcpStream) {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut probe = [0u8; 1];
-    assert_eq!(stream.peek(&mut probe).unwrap(), 1, "no downlink byte arrived");
+    assert_eq!(
+        stream.peek(&mut probe).unwrap(),
+        1,
+        "no downlink byte arrived"
+    );
 }
 
 /// Runs `Server::shutdown` on its own thread and panics if it has not returned within
@@ -96,7 +100,10 @@ impl Flood {
     fn start(mut writer: TcpStream, frame: &'static [u8]) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        let chunk = frame.repeat(64 * 1024 / frame.len());
+        // Large writes into a large send buffer: the kernel keeps the server's receive queue
+        // topped up from the send queue even while this thread is not scheduled.
+        let _ = socket2::SockRef::from(&writer).set_send_buffer_size(4 << 20);
+        let chunk = frame.repeat((1 << 20) / frame.len());
         let thread = std::thread::spawn(move || {
             while !stop_flag.load(Ordering::Relaxed) {
                 if writer.write_all(&chunk).is_err() {
@@ -120,10 +127,29 @@ impl Drop for Flood {
     }
 }
 
+/// The TEXT example with a decoder that spins a while per frame: the server then converts
+/// slower than a flooding device writes, so every read of the flood comes back full.
+fn slow_text_example(port: u16) -> tcp_integration::edge_sim::definition::IntegrationDefinition {
+    let mut json: serde_json::Value =
+        serde_json::from_str(tcp_integration::edge_sim::EXAMPLE_TEXT_JSON).unwrap();
+    let decoder = &mut json["uplinkConverter"]["configuration"]["decoder"];
+    let slow = format!(
+        "for (var spin = 0; spin < 20000; spin++) {{}}\n{}",
+        decoder.as_str().unwrap()
+    );
+    *decoder = serde_json::Value::String(slow);
+    example(&json.to_string(), port)
+}
+
 #[test]
 fn flooding_device_still_gets_its_downlink_and_shutdown_closes_it() {
     let port = reserve_port();
-    let mut h = Harness::start(text_example(port.port), port, &[]);
+    // A receive buffer far larger than one read: the kernel never lets it run low.
+    let mut h = Harness::start(
+        slow_text_example(port.port),
+        port,
+        &[("TCPI_SO_RCVBUF_KIB", "1024")],
+    );
     let mut device = h.connect();
     send(&mut device, b"SN-FLOOD,default,temperature,1\n");
     h.wait_records(1);
@@ -167,7 +193,8 @@ fn downlinks_do_not_restart_the_idle_timer() {
     // The device only reads: everything until EOF.
     let (eof_tx, eof_rx) = mpsc::channel();
     let mut reader = device.try_clone().unwrap();
-    reader.set_read_timeout(Some(PATIENCE)).unwrap();
+    // Longer than the loop below: the loop's deadline reports the failure.
+    reader.set_read_timeout(Some(PATIENCE * 2)).unwrap();
     std::thread::spawn(move || {
         let mut got = Vec::new();
         let _ = eof_tx.send(reader.read_to_end(&mut got).map(|_| got));
@@ -188,7 +215,12 @@ fn downlinks_do_not_restart_the_idle_timer() {
     };
     // Downlinks were written up to the close, whole, and nothing else.
     assert!(got.len() >= one, "no downlink arrived before the close");
-    assert_eq!(got.len() % one, 0, "a downlink was cut: {} bytes", got.len());
+    assert_eq!(
+        got.len() % one,
+        0,
+        "a downlink was cut: {} bytes",
+        got.len()
+    );
     for chunk in got.chunks(one) {
         assert_eq!(chunk, [&downlink[..], b"\n"].concat());
     }
