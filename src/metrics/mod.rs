@@ -52,6 +52,7 @@ closed_set!(Counter, "A monotonically increasing count.", [
     DownlinksNoConverter => "tcpi_downlinks_no_converter_total", "Downlinks dropped because no downlink converter is configured.";
     DownlinkEncodeErrors => "tcpi_downlink_encode_errors_total", "Downlinks whose encoder failed.";
     DownlinksInboxFull => "tcpi_downlinks_inbox_full_total", "Downlinks held again because a shard's inbox was full.";
+    DownlinksConnQueueFull => "tcpi_downlinks_conn_queue_full_total", "Downlinks held again because their connection's write queue was full (a device not reading) or had just closed.";
 ]);
 
 closed_set!(Gauge, "A value that goes up and down.", [
