@@ -27,7 +27,7 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 
-use super::control::{ConnCommand, ConnHandle, Shard};
+use super::control::{ConnCommand, ConnHandle, Shard, deliver_pending_downlinks};
 use super::pipeline::{FrameFailure, convert_frames};
 use super::{RecordBatch, ServingConfig, ShardEvent, ShippedRecord};
 use crate::downlink::routing::ConnRef;
@@ -205,6 +205,7 @@ async fn serve_loop(
         metrics::add(Counter::BytesRead, read as u64);
 
         let records = split_and_convert(shard, &mut framer, &mut pending, peer, &mut converted);
+        deliver_pending_downlinks(shard);
         if !records.is_empty() {
             let batch = RecordBatch { conn, records };
             if shard.records.send(batch).await.is_err() {

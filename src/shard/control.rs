@@ -67,6 +67,9 @@ pub(super) enum ConnCommand {
     Close,
 }
 
+/// Downlinks a connection task delivers from the shard's inbox after one read.
+const DOWNLINKS_PER_READ: usize = 16;
+
 /// The shard's side of one registered connection.
 pub(super) struct ConnHandle {
     pub commands: LocalSender<ConnCommand>,
@@ -88,6 +91,9 @@ pub(super) struct Shard {
     next_conn_id: Cell<u64>,
     pub records: mpsc::Sender<RecordBatch>,
     pub events: mpsc::UnboundedSender<ShardEvent>,
+    /// The shard's downlink lane from the uplink core; drained by the control task and, between
+    /// reads, by connection tasks (`deliver_pending_downlinks`).
+    pub downlink_inbox: RefCell<mpsc::Receiver<DownlinkCommand>>,
 }
 
 impl Shard {
@@ -122,7 +128,7 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
         records,
         events,
         mut config,
-        mut downlinks,
+        downlinks,
         mut shutdown,
     } = channels;
     let runtime = match ConverterRuntime::new(settings.script_limits.clone()) {
@@ -145,6 +151,7 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
         next_conn_id: Cell::new(1),
         records,
         events,
+        downlink_inbox: RefCell::new(downlinks),
     });
     let mut serving: Option<Arc<ServingConfig>> = None;
     let mut acceptor: Option<Task<()>> = None;
@@ -158,7 +165,8 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
     }
     loop {
         let event = async {
-            match downlinks.recv().await {
+            // Borrowed only while polled: connection tasks take downlinks from the inbox too.
+            match std::future::poll_fn(|cx| shard.downlink_inbox.borrow_mut().poll_recv(cx)).await {
                 Some(cmd) => Event::Downlink(cmd),
                 None => Event::Stop,
             }
@@ -300,6 +308,19 @@ fn compile_downlink(shard: &Shard, json: &str) {
 
 /// Runs the Encoder and queues the bytes on the device's connection, or hands the downlink
 /// back to the uplink core for holding when the connection is gone.
+/// Delivers downlinks waiting in the shard's inbox, at most `DOWNLINKS_PER_READ`. Connection
+/// tasks call it after each read: under a flood of uplinks the executor may run connection
+/// tasks for long stretches before the control task's wake-up from the uplink thread is
+/// processed, and downlinks must not wait for that.
+pub(super) fn deliver_pending_downlinks(shard: &Shard) {
+    for _ in 0..DOWNLINKS_PER_READ {
+        let Ok(cmd) = shard.downlink_inbox.borrow_mut().try_recv() else {
+            return;
+        };
+        deliver_downlink(shard, cmd);
+    }
+}
+
 fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
     let device = cmd.downlink.device_name.clone();
     let Some(handle) = shard.conns.borrow().get(&cmd.conn_id).cloned() else {
