@@ -96,7 +96,9 @@ fn a_record_larger_than_a_batch_goes_to_the_dead_letter_file_and_the_others_arri
         other => panic!("blob is {other:?}"),
     }
     assert!(
-        letter.error.contains("larger than uplink.batch_max_bytes (1048576 bytes)"),
+        letter
+            .error
+            .contains("larger than uplink.batch_max_bytes (1048576 bytes)"),
         "{}",
         letter.error
     );
