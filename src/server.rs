@@ -241,12 +241,11 @@ impl ServerOptions {
         let session = crate::uplink::session::SessionConfig {
             endpoint: rpc.endpoint_uri(),
             routing_key: rpc.routing_key.clone(),
-            secret: rpc.secret.expose().to_owned(),
+            secret: rpc.secret.clone(),
             service_id: rpc.service_id(),
             tls_ca_pem: rpc.ssl_cert.clone(),
-            keepalive: rpc
-                .keep_alive
-                .unwrap_or(crate::uplink::session::MIN_KEEPALIVE),
+            // `None` (keep_alive_secs = 0) means no pings, as documented.
+            keepalive: rpc.keep_alive,
             reconnect_base: rpc.reconnect_base,
             reconnect_max: (rpc.reconnect_base * 20).max(std::time::Duration::from_secs(60)),
         };
