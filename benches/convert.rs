@@ -66,6 +66,7 @@ fn native_text(frame: &[u8], buf: &mut Vec<u8>, out: &mut Vec<UplinkRecord>) {
         kind: EntityKind::Device,
         name,
         encoded,
+        tagged: bytes::Bytes::new(),
     });
 }
 
@@ -106,6 +107,7 @@ fn native_json(frame: &[u8], buf: &mut Vec<u8>, out: &mut Vec<UplinkRecord>) {
         kind: EntityKind::Device,
         name,
         encoded,
+        tagged: bytes::Bytes::new(),
     });
 }
 

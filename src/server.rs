@@ -236,17 +236,16 @@ impl ServerOptions {
         let uplink_core = settings
             .shards
             .uplink_core
-            .or_else(|| (cores > nr_shards).then_some(nr_shards));
+            .or_else(|| default_uplink_core(cores, &shard_cores));
         let rpc = &settings.rpc;
         let session = crate::uplink::session::SessionConfig {
             endpoint: rpc.endpoint_uri(),
             routing_key: rpc.routing_key.clone(),
-            secret: rpc.secret.expose().to_owned(),
+            secret: rpc.secret.clone(),
             service_id: rpc.service_id(),
             tls_ca_pem: rpc.ssl_cert.clone(),
-            keepalive: rpc
-                .keep_alive
-                .unwrap_or(crate::uplink::session::MIN_KEEPALIVE),
+            // `None` (keep_alive_secs = 0) means no pings, as documented.
+            keepalive: rpc.keep_alive,
             reconnect_base: rpc.reconnect_base,
             reconnect_max: (rpc.reconnect_base * 20).max(std::time::Duration::from_secs(60)),
         };
@@ -289,6 +288,15 @@ impl ServerOptions {
     }
 }
 
+/// The uplink core's default core: the first core no shard is pinned to; unpinned on a
+/// single-core machine or when the shards are pinned to every core.
+fn default_uplink_core(cores: usize, shard_cores: &[usize]) -> Option<usize> {
+    if cores < 2 {
+        return None;
+    }
+    (0..cores).find(|core| !shard_cores.contains(core))
+}
+
 /// How long shutdown waits for in-flight batches to be acknowledged.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the kernel per device socket read: large enough for a burst of small frames
@@ -312,5 +320,19 @@ fn spool_options(
         segment_bytes: (settings.max_bytes / 8)
             .clamp(4096, crate::uplink::spool::DEFAULT_SEGMENT_BYTES),
         ..SpoolOptions::new(&settings.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_uplink_core;
+
+    #[test]
+    fn uplink_core_defaults_to_a_core_without_a_shard() {
+        assert_eq!(default_uplink_core(4, &[0, 1, 2]), Some(3));
+        assert_eq!(default_uplink_core(4, &[2, 3]), Some(0));
+        assert_eq!(default_uplink_core(2, &[0]), Some(1));
+        assert_eq!(default_uplink_core(2, &[0, 1]), None);
+        assert_eq!(default_uplink_core(1, &[]), None);
     }
 }

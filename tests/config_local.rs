@@ -69,7 +69,7 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(s.rpc.ack_timeout, Duration::from_millis(10_000));
     assert_eq!(s.rpc.service_id(), "[remote:8082]");
     assert_eq!(s.shards.nr_shards, None);
-    assert_eq!(s.shards.ring_depth, 128);
+    assert_eq!(s.shards.ring_depth, 4096);
     assert_eq!(s.socket.bind_address, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!(s.socket.tcp_nodelay, None);
     assert_eq!(s.socket.max_connections, 100_000);
@@ -637,4 +637,19 @@ fn toml_env_and_flag_spellings_set_the_same_field() {
             assert_eq!(from_flag, from_toml, "flag {flag}");
         }
     }
+}
+
+#[test]
+fn ipv6_edge_host_is_bracketed_in_the_endpoint_uri() {
+    let s = load(&[], &[("RPC_HOST", "::1"), ("RPC_PORT", "9090")]).unwrap();
+    assert_eq!(s.rpc.endpoint_uri(), "http://[::1]:9090");
+    assert!(
+        s.rpc
+            .endpoint_uri()
+            .parse::<tonic::transport::Uri>()
+            .is_ok(),
+        "a valid URI"
+    );
+    let s = load(&[], &[("RPC_HOST", "10.0.0.7")]).unwrap();
+    assert_eq!(s.rpc.endpoint_uri(), "http://10.0.0.7:9090");
 }

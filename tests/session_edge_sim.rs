@@ -416,3 +416,38 @@ async fn shutdown_stops_the_session() {
     );
     sim.shutdown().await;
 }
+
+/// A reconnect request with no live stream (here: the second of two back-to-back requests, made
+/// after the first already ended the stream) is not kept for later: the next accepted stream
+/// stays up and acknowledges uplinks, and a later request restarts it. (`session_reconnect.rs`
+/// shows the stale request is not acted on at all.)
+#[tokio::test]
+async fn a_reconnect_request_without_a_live_stream_does_not_drop_the_next_one() {
+    let sim = start_sim(None).await;
+    let (handle, mut rx) = connect_ok(sim.grpc_addr()).await;
+    handle.reconnect();
+    handle.reconnect();
+    match next_event(&mut rx).await {
+        SessionEvent::Connected(_) => {}
+        other => panic!("expected the new stream's Connected, got {other:?}"),
+    }
+    // The owner may have a request in flight for the old stream when the new one is accepted.
+    handle
+        .send_uplink(uplink_bytes(vec![device("SN-R", 21.5)]))
+        .expect("the new stream takes uplinks");
+    assert_eq!(
+        next_event(&mut rx).await,
+        SessionEvent::UplinkAck {
+            success: true,
+            error_msg: String::new(),
+        }
+    );
+    assert_eq!(wait_records(&sim, 1).await[0].name, "SN-R");
+    // A reconnect of the live stream still works.
+    handle.reconnect();
+    assert!(matches!(
+        next_event(&mut rx).await,
+        SessionEvent::Connected(_)
+    ));
+    sim.shutdown().await;
+}

@@ -24,7 +24,8 @@
 #   f-outage: OUTAGE_RATE [500] frames/s per connection (64 connections), OUTAGE_DURATION [20]
 #   seconds (must outlast 5 + 10 s), OUTAGE_UNACKED_MS [0] (--sink-outage-unacked-ms);
 #   OUT [a fresh temp dir] for JSON, SVG and logs; SKIP_BUILD=1 to reuse the binaries;
-#   BIN_DIR [target/release] where the binaries are.
+#   BIN_DIR [target/release] where the binaries are; SERVER_FLAGS [none] extra `run` flags
+#   (e.g. "--ring-depth 4096") to compare settings.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,7 +68,7 @@ start_server() { # $1 = scenario name
   rm -rf "$tmp/spool"
   RPC_HOST=127.0.0.1 RPC_PORT=$SINK_PORT \
   INTEGRATION_ROUTING_KEY=$ROUTING_KEY INTEGRATION_SECRET=$SECRET \
-    taskset -c "$SERVER_CORE,$UPLINK_CORE" "$SERVER" run --nr-shards 1 \
+    taskset -c "$SERVER_CORE,$UPLINK_CORE" "$SERVER" run --nr-shards 1 ${SERVER_FLAGS:-} \
       --shard-cores "$SERVER_CORE" --uplink-core "$UPLINK_CORE" --spool-dir "$tmp/spool" \
       >"$OUT/$1.server.log" 2>&1 &
   server_pid=$!

@@ -200,7 +200,11 @@ fn serve(shared: &Arc<Shared>, listener: TcpListener) -> Serving {
     let connections: Arc<Mutex<Vec<Weak<TcpStream>>>> = Arc::default();
     let tracked = connections.clone();
     let incoming = TcpListenerStream::new(listener).map(move |accepted| {
-        let stream = Arc::new(accepted?);
+        let accepted = accepted?;
+        // As a gRPC server (Edge's Netty) does: without it, Nagle holds a downlink behind an
+        // unacknowledged ack segment for a delayed-ACK period (~40 ms).
+        accepted.set_nodelay(true)?;
+        let stream = Arc::new(accepted);
         let mut tracked = lock(&tracked);
         tracked.retain(|c| c.strong_count() > 0);
         tracked.push(Arc::downgrade(&stream));

@@ -384,7 +384,7 @@ impl SettingsFile {
                 nr_shards: None,
                 shard_cores: None,
                 uplink_core: None,
-                ring_depth: Some(128),
+                ring_depth: Some(4096),
             },
             socket: SocketFile {
                 bind_address: Some("0.0.0.0".to_owned()),
@@ -761,7 +761,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", help_heading = "Threads and placement")]
     pub uplink_core: Option<u64>,
 
-    /// io_uring submission queue depth of each shard. [default: 128] [env: TCPI_RING_DEPTH]
+    /// io_uring submission queue depth of each shard. [default: 4096] [env: TCPI_RING_DEPTH]
     #[arg(long, value_name = "N", help_heading = "Threads and placement")]
     pub ring_depth: Option<u64>,
 
@@ -949,7 +949,12 @@ impl RpcSettings {
     /// The gRPC endpoint URI (`http://` = h2c, `https://` = TLS).
     pub fn endpoint_uri(&self) -> String {
         let scheme = if self.ssl { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.host, self.port)
+        // An IPv6 literal needs brackets in a URI (`http://[::1]:9090`).
+        if self.host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
     }
 }
 

@@ -16,9 +16,9 @@ mod test_converter;
 pub mod typing;
 pub mod uplink;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -65,6 +65,9 @@ pub struct UplinkRecord {
     pub name: String,
     /// `DeviceUplinkDataProto` or `AssetUplinkDataProto` bytes, by `kind`.
     pub encoded: Bytes,
+    /// The same message as the `UplinkMsg` field it travels in (key and length in front);
+    /// `encoded` is a slice of it. Empty when the record was built without it.
+    pub tagged: Bytes,
 }
 
 /// Everything that can go wrong converting one frame or setting a converter. Per-frame errors
@@ -147,25 +150,109 @@ impl ValueFingerprint {
     }
 }
 
-/// Last values of the `updateOnlyKeys` per entity, telemetry and attributes apart.
-#[derive(Default)]
+/// Default bound of the entities whose `updateOnlyKeys` values one runtime remembers.
+pub const UPDATE_ONLY_MAX_ENTITIES: usize = 100_000;
+/// Default time an entity's remembered values live without a new uplink from it.
+pub const UPDATE_ONLY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+type EntityKey = (EntityKind, String);
+
+/// What is remembered of one entity: its last values, telemetry and attributes apart.
+struct EntityValues {
+    values: [HashMap<String, ValueFingerprint>; 2],
+    used_at: Instant,
+    /// Key of this entity in `UpdateOnlyState::use_order`.
+    stamp: u64,
+}
+
+/// Last values of the `updateOnlyKeys` per entity. Entity names come from device data, so the
+/// state is bounded: at most `max_entities` (least recently used forgotten first), each for at
+/// most `ttl` since its last uplink. A forgotten entity's next value is forwarded again — the
+/// safe direction (a repeat, never a lost change).
 struct UpdateOnlyState {
     keys: Vec<String>,
-    last: HashMap<(EntityKind, String), [HashMap<String, ValueFingerprint>; 2]>,
+    last: HashMap<EntityKey, EntityValues>,
+    use_order: BTreeMap<u64, EntityKey>,
+    next_stamp: u64,
+    max_entities: usize,
+    ttl: Duration,
     scratch: String,
 }
 
+impl Default for UpdateOnlyState {
+    fn default() -> Self {
+        UpdateOnlyState {
+            keys: Vec::new(),
+            last: HashMap::new(),
+            use_order: BTreeMap::new(),
+            next_stamp: 0,
+            max_entities: UPDATE_ONLY_MAX_ENTITIES,
+            ttl: UPDATE_ONLY_TTL,
+            scratch: String::new(),
+        }
+    }
+}
+
 impl UpdateOnlyState {
-    fn filter(&mut self, entity: &mut UplinkEntity) {
+    /// Marks the entity used at `now`; first forgets expired entities and, when the entity is
+    /// new and the state full, the least recently used ones.
+    fn touch(&mut self, key: &EntityKey, now: Instant) {
+        while let Some((_, oldest)) = self.use_order.first_key_value() {
+            let expired = self
+                .last
+                .get(oldest)
+                .is_none_or(|e| now.duration_since(e.used_at) >= self.ttl);
+            if !expired {
+                break;
+            }
+            self.forget_oldest();
+        }
+        if !self.last.contains_key(key) {
+            while self.last.len() >= self.max_entities.max(1) && self.forget_oldest() {}
+        }
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        match self.last.get_mut(key) {
+            Some(entry) => {
+                self.use_order.remove(&entry.stamp);
+                entry.used_at = now;
+                entry.stamp = stamp;
+            }
+            None => {
+                self.last.insert(
+                    key.clone(),
+                    EntityValues {
+                        values: Default::default(),
+                        used_at: now,
+                        stamp,
+                    },
+                );
+            }
+        }
+        self.use_order.insert(stamp, key.clone());
+    }
+
+    fn forget_oldest(&mut self) -> bool {
+        match self.use_order.pop_first() {
+            Some((_, key)) => {
+                self.last.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn filter(&mut self, entity: &mut UplinkEntity, now: Instant) {
         if self.keys.is_empty() {
             return;
         }
+        let key = (entity.kind, entity.name.clone());
+        self.touch(&key, now);
         let keys = &self.keys;
         let scratch = &mut self.scratch;
-        let state = self
-            .last
-            .entry((entity.kind, entity.name.clone()))
-            .or_default();
+        let Some(state) = self.last.get_mut(&key).map(|e| &mut e.values) else {
+            return;
+        };
         let mut keep = |slot: usize, kv: &uplink::KeyValue| -> bool {
             if !keys.contains(&kv.key) {
                 return true;
@@ -246,9 +333,18 @@ impl ConverterRuntime {
         self.engine.set_script(ScriptRole::Decoder, Some(decoder))?;
         self.update_only = UpdateOnlyState {
             keys: config.update_only_keys.clone(),
+            max_entities: self.update_only.max_entities,
+            ttl: self.update_only.ttl,
             ..Default::default()
         };
         Ok(())
+    }
+
+    /// Bounds the `updateOnlyKeys` state: at most `max_entities` entities (least recently used
+    /// forgotten first, at least one kept), each forgotten `ttl` after its last uplink.
+    pub fn set_update_only_bounds(&mut self, max_entities: usize, ttl: Duration) {
+        self.update_only.max_entities = max_entities;
+        self.update_only.ttl = ttl;
     }
 
     /// Compiles the downlink encoder, or removes it with `None`. TBEL is rejected here.
@@ -285,15 +381,16 @@ impl ConverterRuntime {
         entities.clear();
         let result = self.decode_entities(frame, &mut entities, None);
         if result.is_ok() {
+            let now = Instant::now();
             for mut entity in entities.drain(..) {
-                self.update_only.filter(&mut entity);
-                let kind = entity.kind;
-                let name = entity.name.clone();
-                let encoded = record::encode_entity(entity, &mut self.encode_buf);
+                self.update_only.filter(&mut entity, now);
+                let (tagged, header_bytes) =
+                    record::encode_entity_tagged(&entity, &mut self.encode_buf);
                 out.push(UplinkRecord {
-                    kind,
-                    name,
-                    encoded,
+                    kind: entity.kind,
+                    encoded: tagged.slice(header_bytes..),
+                    tagged,
+                    name: entity.name,
                 });
             }
         }
@@ -376,5 +473,83 @@ fn pretty_json<'js>(
     match text {
         Some(s) => s.to_string().map_err(|e| script::js_error(ctx, e)),
         None => Ok("undefined".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::typing::TypedValue;
+    use super::uplink::KeyValue;
+    use super::*;
+
+    fn device(name: &str, state: i64) -> UplinkEntity {
+        UplinkEntity {
+            kind: EntityKind::Device,
+            name: name.to_owned(),
+            entity_type: "default".to_owned(),
+            label: String::new(),
+            customer_name: String::new(),
+            group_name: String::new(),
+            telemetry: None,
+            attributes: Some(vec![KeyValue {
+                key: "state".to_owned(),
+                value: TypedValue::Long(state),
+            }]),
+        }
+    }
+
+    /// Whether the update-only filter forwards `state` of `name` at `now`.
+    fn forwards(s: &mut UpdateOnlyState, name: &str, state: i64, now: Instant) -> bool {
+        let mut entity = device(name, state);
+        s.filter(&mut entity, now);
+        entity.attributes.is_some_and(|a| a.len() == 1)
+    }
+
+    fn state(max_entities: usize, ttl: Duration) -> UpdateOnlyState {
+        UpdateOnlyState {
+            keys: vec!["state".to_owned()],
+            max_entities,
+            ttl,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn update_only_state_is_bounded_by_entity_count_least_recently_used_first() {
+        let mut s = state(2, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        assert!(forwards(&mut s, "A", 1, t0));
+        assert!(forwards(&mut s, "B", 1, t0));
+        assert!(!forwards(&mut s, "A", 1, t0), "A is remembered");
+        // C makes room by forgetting B, the least recently used.
+        assert!(forwards(&mut s, "C", 1, t0));
+        assert_eq!(s.last.len(), 2);
+        assert_eq!(s.use_order.len(), 2);
+        assert!(!forwards(&mut s, "A", 1, t0), "A is still remembered");
+        assert!(
+            forwards(&mut s, "B", 1, t0),
+            "B was forgotten: forwarded again"
+        );
+        // Many device-chosen names never grow the state past the bound.
+        for i in 0..1000 {
+            forwards(&mut s, &format!("D{i}"), 1, t0);
+        }
+        assert_eq!(s.last.len(), 2);
+        assert_eq!(s.use_order.len(), 2);
+    }
+
+    #[test]
+    fn update_only_state_forgets_entities_idle_longer_than_the_ttl() {
+        let mut s = state(100, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(forwards(&mut s, "A", 1, t0));
+        assert!(forwards(&mut s, "B", 1, t0 + Duration::from_secs(30)));
+        assert!(!forwards(&mut s, "B", 1, t0 + Duration::from_secs(59)));
+        // A idle for 60 s: forgotten, its unchanged value is forwarded again.
+        assert!(forwards(&mut s, "A", 1, t0 + Duration::from_secs(60)));
+        // B was used at 59 s, so it is still remembered at 100 s.
+        assert!(!forwards(&mut s, "B", 1, t0 + Duration::from_secs(100)));
+        assert!(forwards(&mut s, "B", 2, t0 + Duration::from_secs(101)));
+        assert!(!forwards(&mut s, "B", 2, t0 + Duration::from_secs(102)));
     }
 }

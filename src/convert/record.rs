@@ -29,6 +29,28 @@ const TYPE_JSON: u64 = 4;
 /// numbers: name 1, type 2, customer 3, group 4, telemetry 5, attributes 6, label 7) into
 /// `buf`, returning the bytes. `buf` is reused between calls.
 pub fn encode_entity(entity: UplinkEntity, buf: &mut Vec<u8>) -> Bytes {
+    write_entity(&entity, buf);
+    Bytes::copy_from_slice(buf)
+}
+
+/// Encodes `entity` as the `UplinkMsg` field it travels in (`deviceData` = 2 or `assetData` =
+/// 7: key, length, message), returning those bytes and the message's offset in them. One
+/// allocation per record: the uplink core concatenates these bytes as they are.
+pub(crate) fn encode_entity_tagged(entity: &UplinkEntity, buf: &mut Vec<u8>) -> (Bytes, usize) {
+    write_entity(entity, buf);
+    let field = match entity.kind {
+        super::EntityKind::Device => 2,
+        super::EntityKind::Asset => 7,
+    };
+    let header_bytes = 1 + varint_len(buf.len() as u64);
+    let mut out = Vec::with_capacity(header_bytes + buf.len());
+    put_key(&mut out, field, WIRE_LEN);
+    put_varint(&mut out, buf.len() as u64);
+    out.extend_from_slice(buf);
+    (Bytes::from(out), header_bytes)
+}
+
+fn write_entity(entity: &UplinkEntity, buf: &mut Vec<u8>) {
     buf.clear();
     // Device and asset messages have the same layout: `entity.kind` does not change a byte.
     put_string(buf, 1, &entity.name);
@@ -58,7 +80,6 @@ pub fn encode_entity(entity: UplinkEntity, buf: &mut Vec<u8>) -> Bytes {
         }
     }
     put_string(buf, 7, &entity.label);
-    Bytes::copy_from_slice(buf)
 }
 
 fn varint_len(v: u64) -> usize {
@@ -328,8 +349,23 @@ mod tests {
         fn bytes_equal_prosts(e in entity()) {
             let expected = prost_bytes(&e);
             let mut buf = Vec::new();
-            let got = encode_entity(e, &mut buf);
+            let (tagged, header_bytes) = encode_entity_tagged(&e, &mut buf);
+            let got = encode_entity(e.clone(), &mut buf);
             prop_assert_eq!(got.as_ref(), expected.as_slice());
+
+            // The tagged form is the UplinkMsg field: prost's UplinkMsg with this one record.
+            let mut msg = crate::proto::integration::UplinkMsg::default();
+            match e.kind {
+                EntityKind::Device => msg
+                    .device_data
+                    .push(DeviceUplinkDataProto::decode(expected.as_slice()).unwrap()),
+                EntityKind::Asset => msg
+                    .asset_data
+                    .push(AssetUplinkDataProto::decode(expected.as_slice()).unwrap()),
+            }
+            let msg_bytes = msg.encode_to_vec();
+            prop_assert_eq!(tagged.as_ref(), msg_bytes.as_slice());
+            prop_assert_eq!(&tagged[header_bytes..], expected.as_slice());
         }
     }
 

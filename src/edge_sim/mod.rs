@@ -149,7 +149,16 @@ impl EdgeSim {
             shared: shared.clone(),
         });
         let mut grpc_stop = shared.shutdown.subscribe();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // TCP_NODELAY on every accepted connection, as a gRPC server (Edge's Netty) sets it:
+        // otherwise Nagle can hold a downlink behind an unacknowledged ack segment.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            |accepted| {
+                let stream = accepted?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            },
+        );
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(service)

@@ -7,19 +7,27 @@
 //! keeps the per-connection memory of large idle fleets to a few hundred bytes.
 //! Backpressure: the task awaits room in the records channel before it reads again, so a slow
 //! ThingsBoard closes the devices' TCP windows instead of growing memory.
+//!
+//! Invariants: the command channel is looked at on every iteration (also while every read
+//! comes back full) and during every downlink write, so a Close always ends the task and a
+//! device that floods or never reads cannot hold up disable, rebind or shutdown; the idle
+//! deadline counts from the last byte read, never from a downlink written; a downlink that was
+//! not written whole is handed back for holding.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 
-use super::control::{ConnCommand, Shard};
+use super::control::{ConnCommand, ConnHandle, Shard, deliver_pending_downlinks};
 use super::pipeline::{FrameFailure, convert_frames};
 use super::{RecordBatch, ServingConfig, ShardEvent, ShippedRecord};
 use crate::downlink::routing::ConnRef;
@@ -35,6 +43,15 @@ enum Wake {
     Failed(io::Error),
 }
 
+/// How a downlink write ended when it did not complete.
+enum WriteStop {
+    /// The shard asked to close (or dropped the channel) while the device was not reading.
+    Closed,
+    /// The idle deadline passed while the write waited on the device.
+    Idle,
+    Failed(io::Error),
+}
+
 /// Serves one accepted connection until it closes; always deregisters it.
 pub(super) async fn serve(
     shard: Rc<Shard>,
@@ -42,6 +59,7 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
+    handle: Rc<ConnHandle>,
     commands: LocalReceiver<ConnCommand>,
 ) {
     let conn = ConnRef {
@@ -53,12 +71,24 @@ pub(super) async fn serve(
     metrics::add_gauge(Gauge::ConnectionsOpen, 1);
     tracing::debug!(shard = shard.index, %peer, conn_id, "device connected");
 
-    let reason = serve_loop(&shard, &config, &mut stream, peer, conn, &commands).await;
+    let mut ends = ConnEnds {
+        stream: &mut stream,
+        commands: &commands,
+        handle: &handle,
+        backlog: VecDeque::new(),
+    };
+    let reason = serve_loop(&shard, &config, &mut ends, peer, conn).await;
+    let backlog = std::mem::take(&mut ends.backlog);
 
+    // Deregister before the stream drops: the registry's fd must stay open while listed.
     shard.conns.borrow_mut().remove(&conn_id);
-    // Downlinks queued for this connection but not written go back to be held for the
-    // device's next uplink, wherever it lands.
+    // Downlinks queued for this connection but not written (or whose write the close cut
+    // short) go back to be held for the device's next uplink, wherever it lands.
+    let mut unsent: Vec<ConnCommand> = backlog.into();
     while let Some(Some(command)) = futures_lite::future::poll_once(commands.recv()).await {
+        unsent.push(command);
+    }
+    for command in unsent {
         if let ConnCommand::Write { downlink, .. } = command {
             let _ = shard.events.send(ShardEvent::Undelivered {
                 device: downlink.device_name.clone(),
@@ -73,13 +103,23 @@ pub(super) async fn serve(
     tracing::debug!(shard = shard.index, %peer, conn_id, reason, "device connection closed");
 }
 
+/// The connection task's own ends: its socket, its command channel and the commands it took
+/// off the channel but has not acted on yet.
+struct ConnEnds<'a> {
+    stream: &'a mut TcpStream,
+    commands: &'a LocalReceiver<ConnCommand>,
+    handle: &'a ConnHandle,
+    /// Writes received while another write waited on the device, in arrival order; an
+    /// interrupted write goes back to the front so that it is handed back first.
+    backlog: VecDeque<ConnCommand>,
+}
+
 async fn serve_loop(
     shard: &Shard,
     config: &ServingConfig,
-    stream: &mut TcpStream,
+    ends: &mut ConnEnds<'_>,
     peer: SocketAddr,
     conn: ConnRef,
-    commands: &LocalReceiver<ConnCommand>,
 ) -> &'static str {
     let settings = &shard.settings;
     let mut framer = Framer::new(&config.framing);
@@ -87,33 +127,67 @@ async fn serve_loop(
     let mut converted = Vec::new();
     // After a read that filled the whole request, more is likely waiting: skip the peek.
     let mut maybe_more = false;
+    // The idle timeout counts from the last byte the device sent; downlinks written to it do
+    // not count (docs: "close a connection that sent nothing for this long").
+    let mut last_read = Instant::now();
     loop {
-        if !maybe_more {
-            match wait(stream, commands, settings.idle_timeout).await {
-                Wake::Readable => {}
-                Wake::Eof => return "closed by the device",
-                Wake::Command(Some(ConnCommand::Write { bytes, .. })) => {
-                    if let Err(e) = stream.write_all(&bytes).await {
-                        tracing::debug!(%peer, "downlink write failed: {e}");
-                        return "write failed";
+        let idle_deadline = settings.idle_timeout.map(|idle| last_read + idle);
+        // Commands come first on every iteration, also while the device keeps every read
+        // full: otherwise a flooding device would never see Close nor get its downlinks.
+        let wake = if let Some(command) = ends.backlog.pop_front() {
+            Wake::Command(Some(command))
+        } else if maybe_more {
+            match futures_lite::future::poll_once(ends.commands.recv()).await {
+                Some(command) => Wake::Command(command),
+                None => Wake::Readable,
+            }
+        } else {
+            wait(ends.stream, ends.commands, idle_deadline).await
+        };
+        match wake {
+            Wake::Readable => {}
+            Wake::Eof => return "closed by the device",
+            Wake::Command(Some(ConnCommand::Write { bytes, downlink })) => {
+                ends.handle
+                    .queued_writes
+                    .set(ends.handle.queued_writes.get().saturating_sub(1));
+                match write_downlink(ends, &bytes, idle_deadline).await {
+                    Ok(()) => {
+                        metrics::inc(Counter::DownlinksWritten);
+                        continue;
                     }
-                    metrics::inc(Counter::DownlinksWritten);
-                    continue;
-                }
-                Wake::Command(Some(ConnCommand::Close)) | Wake::Command(None) => {
-                    return "closed by the integration";
-                }
-                Wake::Idle => {
-                    metrics::inc(Counter::ConnectionsIdleClosed);
-                    return "idle timeout";
-                }
-                Wake::Failed(e) => {
-                    tracing::debug!(%peer, "socket error: {e}");
-                    return "socket error";
+                    Err(stop) => {
+                        // Cut short (the device may hold part of it): handed back, so that
+                        // the device gets a whole copy after its next uplink.
+                        ends.backlog
+                            .push_front(ConnCommand::Write { bytes, downlink });
+                        return match stop {
+                            WriteStop::Closed => "closed by the integration while writing",
+                            WriteStop::Idle => {
+                                metrics::inc(Counter::ConnectionsIdleClosed);
+                                "idle timeout while writing"
+                            }
+                            WriteStop::Failed(e) => {
+                                tracing::debug!(%peer, "downlink write failed: {e}");
+                                "write failed"
+                            }
+                        };
+                    }
                 }
             }
+            Wake::Command(Some(ConnCommand::Close)) | Wake::Command(None) => {
+                return "closed by the integration";
+            }
+            Wake::Idle => {
+                metrics::inc(Counter::ConnectionsIdleClosed);
+                return "idle timeout";
+            }
+            Wake::Failed(e) => {
+                tracing::debug!(%peer, "socket error: {e}");
+                return "socket error";
+            }
         }
-        let read = match recv_into(stream.as_raw_fd(), &mut pending, settings.read_bytes) {
+        let read = match recv_into(ends.stream.as_raw_fd(), &mut pending, settings.read_bytes) {
             Ok(0) => return "closed by the device",
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -126,10 +200,12 @@ async fn serve_loop(
                 return "read failed";
             }
         };
+        last_read = Instant::now();
         maybe_more = read == settings.read_bytes;
         metrics::add(Counter::BytesRead, read as u64);
 
         let records = split_and_convert(shard, &mut framer, &mut pending, peer, &mut converted);
+        deliver_pending_downlinks(shard);
         if !records.is_empty() {
             let batch = RecordBatch { conn, records };
             if shard.records.send(batch).await.is_err() {
@@ -144,11 +220,51 @@ async fn serve_loop(
     }
 }
 
-/// Waits until the socket is readable (or at EOF), a command arrives, or the idle timeout.
+/// Writes one downlink, racing the write against the command channel and the idle deadline:
+/// a device that stops reading must not keep the task from seeing Close. Writes that arrive
+/// meanwhile wait in the backlog (they still count against the connection's queue bound).
+async fn write_downlink(
+    ends: &mut ConnEnds<'_>,
+    bytes: &[u8],
+    idle_deadline: Option<Instant>,
+) -> Result<(), WriteStop> {
+    let ConnEnds {
+        stream,
+        commands,
+        backlog,
+        ..
+    } = ends;
+    let write = async { stream.write_all(bytes).await.map_err(WriteStop::Failed) };
+    let watch_commands = async {
+        loop {
+            match commands.recv().await {
+                Some(write @ ConnCommand::Write { .. }) => backlog.push_back(write),
+                Some(ConnCommand::Close) | None => return Err(WriteStop::Closed),
+            }
+        }
+    };
+    let idle = async {
+        sleep_until(idle_deadline).await;
+        Err(WriteStop::Idle)
+    };
+    write.or(watch_commands).or(idle).await
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await
+        }
+        None => futures_lite::future::pending::<()>().await,
+    }
+}
+
+/// Waits until the socket is readable (or at EOF), a command arrives, or the idle deadline.
 async fn wait(
     stream: &TcpStream,
     commands: &LocalReceiver<ConnCommand>,
-    idle_timeout: Option<std::time::Duration>,
+    idle_deadline: Option<Instant>,
 ) -> Wake {
     let command = async { Wake::Command(commands.recv().await) };
     let readable = async {
@@ -159,12 +275,12 @@ async fn wait(
             Err(e) => Wake::Failed(e.into()),
         }
     };
-    match idle_timeout {
-        Some(idle) => {
+    match idle_deadline {
+        Some(deadline) => {
             command
                 .or(readable)
                 .or(async {
-                    glommio::timer::sleep(idle).await;
+                    sleep_until(Some(deadline)).await;
                     Wake::Idle
                 })
                 .await

@@ -8,10 +8,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
@@ -36,9 +36,16 @@ const BIND_RETRY: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// Commands (downlinks) queued per connection before the shard hands them back for holding.
-/// Enforced by `deliver_downlink`, not by the channel: glommio's bounded channel allocates its
-/// whole capacity up front, which would cost every idle connection ~2.5 KiB.
+/// Enforced by `deliver_downlink` through [`ConnHandle::queued_writes`], not by the channel:
+/// glommio's bounded channel allocates its whole capacity up front, which would cost every
+/// idle connection ~2.5 KiB.
 pub(super) const CONN_COMMANDS_MAX: usize = 64;
+/// How long shutdown waits for the connections to finish what they read before it shuts
+/// their sockets down regardless: the same bound the uplink core gives its drain.
+const SHUTDOWN_GRACE: Duration = crate::server::DRAIN_TIMEOUT;
+/// After forcing the sockets down, how long to wait for their tasks to deregister before the
+/// shard stops anyway (a task stuck on something other than its socket).
+const FORCED_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Why a shard could not start.
 #[derive(Debug, Error)]
@@ -60,16 +67,33 @@ pub(super) enum ConnCommand {
     Close,
 }
 
+/// Downlinks a connection task delivers from the shard's inbox after one read.
+const DOWNLINKS_PER_READ: usize = 16;
+
+/// The shard's side of one registered connection.
+pub(super) struct ConnHandle {
+    pub commands: LocalSender<ConnCommand>,
+    /// `Write` commands queued and not yet taken up for writing (in the channel or in the
+    /// connection task's backlog). The connection task decrements it when it starts a write.
+    pub queued_writes: Cell<usize>,
+    /// The connection's socket; open for as long as the connection is registered (the task
+    /// deregisters before it drops the stream), so shutdown may `shutdown(2)` it.
+    pub fd: RawFd,
+}
+
 /// Everything one shard owns.
 pub(super) struct Shard {
     pub index: usize,
     pub settings: Rc<ShardSettings>,
     pub runtime: RefCell<ConverterRuntime>,
-    pub conns: RefCell<HashMap<u64, Rc<LocalSender<ConnCommand>>>>,
+    pub conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     pub open_connections: Cell<usize>,
     next_conn_id: Cell<u64>,
     pub records: mpsc::Sender<RecordBatch>,
     pub events: mpsc::UnboundedSender<ShardEvent>,
+    /// The shard's downlink lane from the uplink core; drained by the control task and, between
+    /// reads, by connection tasks (`deliver_pending_downlinks`).
+    pub downlink_inbox: RefCell<mpsc::Receiver<DownlinkCommand>>,
 }
 
 impl Shard {
@@ -80,10 +104,20 @@ impl Shard {
     }
 
     fn close_all_connections(&self) {
-        for sender in self.conns.borrow().values() {
-            // A full command queue means the task is busy writing; it sees the closed
-            // registry entry soon after. Either way it ends.
-            let _ = sender.try_send(ConnCommand::Close);
+        for handle in self.conns.borrow().values() {
+            // Unbounded: only fails when the task already ended. The task watches its
+            // channel while reading and while writing, so a Close wins within one read.
+            let _ = handle.commands.try_send(ConnCommand::Close);
+        }
+    }
+
+    /// Shuts down the sockets of every connection still registered, so that the device sees
+    /// the close and the tasks' pending socket operations fail.
+    fn force_close_connections(&self) {
+        for handle in self.conns.borrow().values() {
+            // SAFETY: `fd` is open while the connection is registered (see `ConnHandle::fd`);
+            // shutdown(2) does not close or reuse it.
+            unsafe { libc::shutdown(handle.fd, libc::SHUT_RDWR) };
         }
     }
 }
@@ -94,7 +128,7 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
         records,
         events,
         mut config,
-        mut downlinks,
+        downlinks,
         mut shutdown,
     } = channels;
     let runtime = match ConverterRuntime::new(settings.script_limits.clone()) {
@@ -117,6 +151,7 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
         next_conn_id: Cell::new(1),
         records,
         events,
+        downlink_inbox: RefCell::new(downlinks),
     });
     let mut serving: Option<Arc<ServingConfig>> = None;
     let mut acceptor: Option<Task<()>> = None;
@@ -130,7 +165,8 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
     }
     loop {
         let event = async {
-            match downlinks.recv().await {
+            // Borrowed only while polled: connection tasks take downlinks from the inbox too.
+            match std::future::poll_fn(|cx| shard.downlink_inbox.borrow_mut().poll_recv(cx)).await {
                 Some(cmd) => Event::Downlink(cmd),
                 None => Event::Stop,
             }
@@ -155,13 +191,39 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
             Event::Stop => break,
         }
     }
-    // Shutdown: stop accepting, then let every connection finish what it has read.
+    // Shutdown: stop accepting, then let every connection finish what it has read, within
+    // a bound: a connection stuck elsewhere must not keep the process from exiting.
     drop(acceptor.take());
     shard.close_all_connections();
-    while shard.open_connections.get() > 0 {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
+    if !wait_connections_closed(&shard, SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            shard = index,
+            remaining = shard.open_connections.get(),
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "device connections did not close within the shutdown grace; forcing them closed"
+        );
+        shard.force_close_connections();
+        if !wait_connections_closed(&shard, FORCED_CLOSE_GRACE).await {
+            tracing::warn!(
+                shard = index,
+                remaining = shard.open_connections.get(),
+                "device connections still open after forcing; stopping the shard anyway"
+            );
+        }
     }
     tracing::info!(shard = index, "shard stopped");
+}
+
+/// Waits until the shard has no open connection, up to `grace`; whether it got there.
+async fn wait_connections_closed(shard: &Shard, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while shard.open_connections.get() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 fn apply_config(
@@ -246,9 +308,22 @@ fn compile_downlink(shard: &Shard, json: &str) {
 
 /// Runs the Encoder and queues the bytes on the device's connection, or hands the downlink
 /// back to the uplink core for holding when the connection is gone.
+/// Delivers downlinks waiting in the shard's inbox, at most `DOWNLINKS_PER_READ`. Connection
+/// tasks call it after each read: under a flood of uplinks the executor may run connection
+/// tasks for long stretches before the control task's wake-up from the uplink thread is
+/// processed, and downlinks must not wait for that.
+pub(super) fn deliver_pending_downlinks(shard: &Shard) {
+    for _ in 0..DOWNLINKS_PER_READ {
+        let Ok(cmd) = shard.downlink_inbox.borrow_mut().try_recv() else {
+            return;
+        };
+        deliver_downlink(shard, cmd);
+    }
+}
+
 fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
     let device = cmd.downlink.device_name.clone();
-    let Some(sender) = shard.conns.borrow().get(&cmd.conn_id).cloned() else {
+    let Some(handle) = shard.conns.borrow().get(&cmd.conn_id).cloned() else {
         let _ = shard.events.send(ShardEvent::Undelivered {
             device,
             downlink: cmd.downlink,
@@ -288,27 +363,35 @@ fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
         bytes: wire.freeze(),
         downlink: cmd.downlink,
     };
-    let queued = if sender.len() >= CONN_COMMANDS_MAX {
+    let queued = if handle.queued_writes.get() >= CONN_COMMANDS_MAX {
         Err(glommio::GlommioError::WouldBlock(
             glommio::ResourceType::Channel(command),
         ))
     } else {
-        sender.try_send(command)
+        handle.commands.try_send(command)
     };
-    if let Err(e) = queued {
-        metrics::inc(Counter::DownlinksInboxFull);
-        if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write {
-            downlink,
-            ..
-        }))
-        | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(
-            ConnCommand::Write { downlink, .. },
-        )) = e
-        {
-            let _ = shard
-                .events
-                .send(ShardEvent::Undelivered { device, downlink });
-        }
+    match queued {
+        Ok(()) => handle.queued_writes.set(handle.queued_writes.get() + 1),
+        Err(e) => hand_back_unqueued(shard, device, e),
+    }
+}
+
+/// A downlink the connection's queue did not take (full, or the task just ended): counted and
+/// handed back for holding.
+fn hand_back_unqueued(shard: &Shard, device: String, e: glommio::GlommioError<ConnCommand>) {
+    metrics::inc(Counter::DownlinksConnQueueFull);
+    if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write {
+        downlink,
+        ..
+    }))
+    | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(ConnCommand::Write {
+        downlink,
+        ..
+    })) = e
+    {
+        let _ = shard
+            .events
+            .send(ShardEvent::Undelivered { device, downlink });
     }
 }
 
@@ -363,13 +446,19 @@ async fn accept_loop(shard: Rc<Shard>, config: Arc<ServingConfig>) {
         let conn_id = shard.new_conn_id();
         // Unbounded allocates nothing until a command is queued; the bound is CONN_COMMANDS_MAX.
         let (sender, receiver) = local_channel::new_unbounded();
-        shard.conns.borrow_mut().insert(conn_id, Rc::new(sender));
+        let handle = Rc::new(ConnHandle {
+            commands: sender,
+            queued_writes: Cell::new(0),
+            fd: stream.as_raw_fd(),
+        });
+        shard.conns.borrow_mut().insert(conn_id, handle.clone());
         glommio::spawn_local(connection::serve(
             shard.clone(),
             config.clone(),
             stream,
             peer,
             conn_id,
+            handle,
             receiver,
         ))
         .detach();

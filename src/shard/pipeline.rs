@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 
-use super::{ShippedRecord, tag_record};
+use super::ShippedRecord;
 use crate::convert::{ConvertError, ConverterRuntime, UplinkRecord};
 use crate::framing::{Framer, FramingError};
 
@@ -50,7 +50,7 @@ pub fn convert_frames(
         converted.clear();
         match runtime.decode_uplink(frame, converted) {
             Ok(()) => out.extend(converted.drain(..).map(|record| ShippedRecord {
-                tagged: tag_record(record.kind, &record.encoded),
+                tagged: record.tagged,
                 name: record.name,
             })),
             Err(error) => on_failure(FrameFailure::Convert {
@@ -68,6 +68,7 @@ mod tests {
     use crate::convert::{ConverterConfig, ScriptLimits};
     use crate::framing::{Delimiter, FramingSpec, TextSpec};
     use crate::proto::integration::DeviceUplinkDataProto;
+    use crate::shard::tag_record;
     use prost::Message;
 
     fn text_framer(max_frame_bytes: usize) -> Framer {
@@ -130,6 +131,11 @@ mod tests {
         let len = out[0].tagged[1] as usize;
         assert_eq!(out[0].tagged.len(), 2 + len);
         let device = DeviceUplinkDataProto::decode(&out[0].tagged[2..]).unwrap();
+        assert_eq!(
+            out[0].tagged,
+            tag_record(crate::convert::EntityKind::Device, &out[0].tagged[2..]),
+            "the converter's tagging matches the reference tagging"
+        );
         assert_eq!(device.device_name, "A");
         assert_eq!(device.device_type, "default");
     }

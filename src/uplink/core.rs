@@ -323,6 +323,15 @@ impl Core {
     fn apply_integration(&mut self, integration: IntegrationConfigurationProto) {
         match serving_config(&integration, &self.options.socket) {
             Ok(config) => {
+                // The contract's device→peer cache bounds (§3.1) bound the downlink routes, but
+                // never below the connection limit: a connected device's downlink is written at
+                // once however large the fleet (ThingsBoard's default cacheSize is 1000).
+                if let Ok(tcp) = TcpIntegrationConfig::from_json(&integration.configuration) {
+                    let max_routes =
+                        (tcp.client.cache_size as usize).max(self.options.socket.max_connections);
+                    self.router
+                        .set_route_bounds(max_routes, tcp.client.cache_ttl);
+                }
                 if config.is_none() {
                     tracing::warn!(name = %integration.name, "the integration is disabled in ThingsBoard: not serving devices");
                 }
@@ -428,9 +437,16 @@ impl Core {
     /// Under backpressure a full spool leaves the rest waiting (and the shards' channel fills).
     fn flush_to_spool(&mut self) {
         while !self.to_spool.is_empty() {
+            if self.dead_letter_too_large_front() {
+                continue;
+            }
             let mut count = 0;
             let mut bytes = 0u64;
             for (_, record) in &self.to_spool {
+                // An oversized record further on waits for its own turn at the front.
+                if record.tagged.len() > self.options.batch_max_bytes {
+                    break;
+                }
                 let size = spooled_bytes(1, record.tagged.len() as u64);
                 if count > 0 && bytes + size > self.append_budget_bytes {
                     break;
@@ -476,11 +492,13 @@ impl Core {
                     tracing::error!(
                         "record cannot be spooled ({e}); written to the dead-letter file"
                     );
-                    metrics::inc(Counter::RecordsRejected);
+                    metrics::inc(Counter::RecordsTooLarge);
                     if let Err(e) = self.spool.dead_letter(&slices, &e.to_string()) {
                         tracing::error!("cannot write the dead-letter file: {e}");
                     }
-                    self.to_spool.pop_front();
+                    if let Some((conn, record)) = self.to_spool.pop_front() {
+                        self.saw_uplink(conn, &record.name);
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -491,10 +509,61 @@ impl Core {
                 }
             }
             for (conn, record) in self.to_spool.drain(..count).collect::<Vec<_>>() {
-                for downlink in self.router.saw_uplink(&record.name, conn) {
-                    self.send_to_shard(conn, downlink);
-                }
+                self.saw_uplink(conn, &record.name);
             }
+        }
+    }
+
+    /// The device's uplink arrived on `conn`: route it there and release what was held for it.
+    /// With the shard's inbox full it only routes: held downlinks stay held for a later uplink
+    /// (releasing and re-holding them on every record of a flood would spin this thread).
+    fn saw_uplink(&mut self, conn: ConnRef, device: &str) {
+        let now = Instant::now();
+        let inbox_has_room = self
+            .shard_downlinks
+            .get(conn.shard)
+            .is_some_and(|inbox| inbox.capacity() > 0);
+        if !inbox_has_room {
+            self.router.note_uplink(device, conn, now);
+            return;
+        }
+        for downlink in self.router.saw_uplink(device, conn, now) {
+            self.send_to_shard(conn, downlink);
+        }
+    }
+
+    /// A record larger than `batch_max_bytes` can never be sent (one `UplinkMsg` would pass
+    /// gRPC's 4 MiB message limit, the stream would fail and the same batch be resent forever,
+    /// filling the spool and blocking every device): if the front record is one, it goes to the
+    /// dead-letter file instead of the spool. Returns whether it did.
+    fn dead_letter_too_large_front(&mut self) -> bool {
+        let batch_max_bytes = self.options.batch_max_bytes;
+        let Some((conn, record)) = self
+            .to_spool
+            .pop_front_if(|(_, r)| r.tagged.len() > batch_max_bytes)
+        else {
+            return false;
+        };
+        self.dead_letter_too_large(&record.name, &record.tagged);
+        self.saw_uplink(conn, &record.name);
+        true
+    }
+
+    fn dead_letter_too_large(&mut self, device: &str, tagged: &[u8]) {
+        let error = format!(
+            "record of {} bytes is larger than uplink.batch_max_bytes ({} bytes): it can never be sent",
+            tagged.len(),
+            self.options.batch_max_bytes
+        );
+        tracing::error!(
+            device,
+            record_bytes = tagged.len(),
+            batch_max_bytes = self.options.batch_max_bytes,
+            "uplink record too large to send; written to the dead-letter file"
+        );
+        metrics::inc(Counter::RecordsTooLarge);
+        if let Err(e) = self.spool.dead_letter(&[tagged], &error) {
+            tracing::error!("cannot write the dead-letter file: {e}");
         }
     }
 
@@ -589,6 +658,25 @@ impl Core {
                 self.unsent_since = None;
                 return;
             };
+            if let [(seq, record)] = self.read_scratch.as_slice()
+                && record.len() > self.options.batch_max_bytes
+            {
+                // Spooled before `batch_max_bytes` was lowered: it can never be sent. It can be
+                // acknowledged only when it is the oldest record on the wire's side, i.e. when
+                // nothing is in flight; until then read it again later.
+                let (seq, record) = (*seq, record.clone());
+                if !self.in_flight.is_empty() {
+                    self.spool.unread_from(seq);
+                    return;
+                }
+                self.dead_letter_too_large("(spooled)", &record);
+                if let Err(e) = self.spool.ack_through(seq) {
+                    tracing::error!("cannot record the acknowledgement in the spool: {e}");
+                }
+                self.unsent = self.unsent.saturating_sub(1);
+                self.unsent_since = (self.unsent > 0).then(Instant::now);
+                continue;
+            }
             let size: usize = self.read_scratch.iter().map(|(_, r)| r.len()).sum();
             let mut msg = BytesMut::with_capacity(size);
             for (_, record) in &self.read_scratch {

@@ -13,7 +13,11 @@
 //!   first, in which case the owner must resend after the next `Connected`.
 //! * `Disconnected` is emitted only for a stream that had emitted `Connected`; a refused TCP
 //!   connect or a rejected CONNECT is logged (and `Rejected` emitted) but is not a disconnect.
-//! * The secret is never logged.
+//! * The secret is never logged: [`SessionConfig`] holds it as a [`Secret`], whose `Debug` is
+//!   `***`, so no `{:?}` of the options that embed it can print it.
+//! * [`SessionHandle::reconnect`] restarts only the stream that was live when it was called: a
+//!   request made while no stream is live (or for an older stream) is ignored, so it can never
+//!   drop a stream accepted later.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,6 +31,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::config::local::Secret;
 use crate::proto::integration::{
     ConnectRequestMsg, ConnectResponseCode, ConverterConfigurationProto, DeviceDownlinkDataProto,
     IntegrationConfigurationProto, MessageType, RequestMsg, ResponseMsg,
@@ -69,13 +74,14 @@ pub struct SessionConfig {
     /// `http://host:port` (h2c) or `https://host:port` (TLS).
     pub endpoint: String,
     pub routing_key: String,
-    pub secret: String,
+    pub secret: Secret,
     /// Sent in the CONNECT; the reference client sends `[<client_id>:<port>]`.
     pub service_id: String,
     /// Trust anchor (PEM) for `https`; without it the system CA bundle is used.
     pub tls_ca_pem: Option<PathBuf>,
-    /// HTTP/2 PING interval (≥ 300 s, see [`MIN_KEEPALIVE`]).
-    pub keepalive: Duration,
+    /// HTTP/2 PING interval (≥ 300 s, see [`MIN_KEEPALIVE`]); `None` = no pings, which the
+    /// contract allows (§2.1: ping no more often than the server permits, or not at all).
+    pub keepalive: Option<Duration>,
     /// First reconnect delay (the reference client retries every 3 s).
     pub reconnect_base: Duration,
     /// Cap of the exponential reconnect delay.
@@ -92,10 +98,10 @@ impl SessionConfig {
         SessionConfig {
             endpoint: endpoint.into(),
             routing_key: routing_key.into(),
-            secret: secret.into(),
+            secret: Secret::new(secret),
             service_id: "[remote:8082]".to_owned(),
             tls_ca_pem: None,
-            keepalive: MIN_KEEPALIVE,
+            keepalive: Some(MIN_KEEPALIVE),
             reconnect_base: Duration::from_secs(3),
             reconnect_max: Duration::from_secs(60),
         }
@@ -251,20 +257,33 @@ pub fn normalize_downlink(mut data: DeviceDownlinkDataProto) -> DeviceDownlinkDa
 pub struct SessionHandle {
     outbound: Arc<OutboundSlot>,
     stop: Arc<StopOnDrop>,
-    reconnect: Arc<tokio::sync::Notify>,
+    /// The stream generation the owner asked to restart (see [`SessionHandle::reconnect`]).
+    reconnect: Arc<watch::Sender<u64>>,
 }
 
-/// The request queue of the live, ACCEPTED stream (none while disconnected).
+/// The request queue of the live, ACCEPTED stream (none while disconnected), tagged with the
+/// stream's generation (1, 2, … per attempt; 0 = none yet).
 #[derive(Debug, Default)]
 struct OutboundSlot {
-    sender: Mutex<Option<mpsc::UnboundedSender<OutboundRequest>>>,
+    sender: Mutex<Option<(u64, mpsc::UnboundedSender<OutboundRequest>)>>,
 }
 
 impl OutboundSlot {
-    fn set(&self, sender: Option<mpsc::UnboundedSender<OutboundRequest>>) {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(u64, mpsc::UnboundedSender<OutboundRequest>)>> {
         // A poisoned lock only means another thread panicked mid-assignment of an Option;
         // the value is still a valid Option, so keep going.
-        *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = sender;
+        self.sender.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, sender: Option<(u64, mpsc::UnboundedSender<OutboundRequest>)>) {
+        *self.lock() = sender;
+    }
+
+    /// Empties the slot; returns the generation of the stream that was live, if any.
+    fn take(&self) -> Option<u64> {
+        self.lock().take().map(|(generation, _)| generation)
     }
 }
 
@@ -286,13 +305,9 @@ impl SessionHandle {
         if *self.stop.stop.borrow() {
             return Err(SessionError::Shutdown);
         }
-        let guard = self
-            .outbound
-            .sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let guard = self.outbound.lock();
         match guard.as_ref() {
-            Some(tx) => tx
+            Some((_, tx)) => tx
                 .send(OutboundRequest::Uplink(uplink_msg))
                 .map_err(|_| SessionError::NotConnected),
             None => Err(SessionError::NotConnected),
@@ -302,19 +317,22 @@ impl SessionHandle {
     /// True while an ACCEPTED stream is live.
     pub fn is_connected(&self) -> bool {
         self.outbound
-            .sender
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_some_and(|tx| !tx.is_closed())
+            .is_some_and(|(_, tx)| !tx.is_closed())
     }
 
     /// Drops the current stream (if any) and connects again after the usual delay. Used when
     /// acknowledgements stop arriving: responses carry no ids, so the only safe resend is on a
     /// fresh stream. No `Disconnected` event follows; the owner rewinds itself.
+    ///
+    /// Only the stream live at the call is restarted: without one (the stream already ended, or
+    /// the next is still connecting) there is nothing to restart, and the request is dropped
+    /// rather than kept for a stream the owner has not seen yet.
     pub fn reconnect(&self) {
-        self.outbound.set(None);
-        self.reconnect.notify_one();
+        if let Some(generation) = self.outbound.take() {
+            self.reconnect.send_replace(generation);
+        }
     }
 
     /// Ends the session: the stream is half-closed and no reconnect follows.
@@ -331,13 +349,19 @@ pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEve
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_CAPACITY);
     let (stop_tx, stop_rx) = watch::channel(false);
     let outbound = Arc::new(OutboundSlot::default());
-    let reconnect = Arc::new(tokio::sync::Notify::new());
+    let (reconnect_tx, reconnect_rx) = watch::channel(0u64);
     let handle = SessionHandle {
         outbound: outbound.clone(),
         stop: Arc::new(StopOnDrop { stop: stop_tx }),
-        reconnect: reconnect.clone(),
+        reconnect: Arc::new(reconnect_tx),
     };
-    tokio::spawn(run_session(config, outbound, events_tx, stop_rx, reconnect));
+    tokio::spawn(run_session(
+        config,
+        outbound,
+        events_tx,
+        stop_rx,
+        reconnect_rx,
+    ));
     (handle, events_rx)
 }
 
@@ -356,17 +380,19 @@ async fn run_session(
     outbound: Arc<OutboundSlot>,
     events: mpsc::Sender<SessionEvent>,
     mut stop: watch::Receiver<bool>,
-    reconnect: Arc<tokio::sync::Notify>,
+    mut reconnect: watch::Receiver<u64>,
 ) {
     let mut attempt: u32 = 0;
+    let mut generation: u64 = 0;
     loop {
         if *stop.borrow() {
             break;
         }
+        generation += 1;
         let end = tokio::select! {
-            end = one_stream(&config, &outbound, &events) => end,
+            end = one_stream(&config, generation, &outbound, &events) => end,
             _ = stop.changed() => StreamEnd::Stop,
-            _ = reconnect.notified() => {
+            _ = restart_requested(&mut reconnect, generation) => {
                 tracing::warn!(endpoint = %config.endpoint, "restarting the stream at the owner's request");
                 StreamEnd::AfterAccepted
             }
@@ -399,15 +425,36 @@ async fn run_session(
     tracing::info!(endpoint = %config.endpoint, "session to ThingsBoard stopped");
 }
 
+/// Resolves once the owner asks to restart stream `generation`; requests for other
+/// generations (older streams) are ignored.
+async fn restart_requested(reconnect: &mut watch::Receiver<u64>, generation: u64) {
+    loop {
+        if *reconnect.borrow_and_update() == generation {
+            return;
+        }
+        if reconnect.changed().await.is_err() {
+            // Every handle is gone; the stop signal ends the session.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The HTTP/2 ping interval the channel uses: at least [`MIN_KEEPALIVE`], none when disabled.
+pub fn effective_keepalive(config: &SessionConfig) -> Option<Duration> {
+    config.keepalive.map(|k| k.max(MIN_KEEPALIVE))
+}
+
 fn build_endpoint(config: &SessionConfig) -> Result<Endpoint, String> {
-    let keepalive = config.keepalive.max(MIN_KEEPALIVE);
     let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
         .map_err(|e| format!("invalid endpoint {:?}: {e}", config.endpoint))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(keepalive)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
+    if let Some(keepalive) = effective_keepalive(config) {
+        endpoint = endpoint
+            .http2_keep_alive_interval(keepalive)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+    }
     if config.endpoint.starts_with("https://") {
         let ca_pem = match &config.tls_ca_pem {
             Some(path) => std::fs::read(path)
@@ -441,6 +488,7 @@ fn read_system_ca_bundle() -> Result<Vec<u8>, String> {
 /// Runs one connection attempt and, if ACCEPTED, the stream until it ends.
 async fn one_stream(
     config: &SessionConfig,
+    generation: u64,
     outbound: &OutboundSlot,
     events: &mpsc::Sender<SessionEvent>,
 ) -> StreamEnd {
@@ -461,7 +509,7 @@ async fn one_stream(
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let connect = ConnectRequestMsg {
         integration_routing_key: config.routing_key.clone(),
-        integration_secret: config.secret.clone(),
+        integration_secret: config.secret.expose().to_owned(),
         service_id: config.service_id.clone(),
     };
     if req_tx.send(OutboundRequest::Connect(connect)).is_err() {
@@ -541,7 +589,7 @@ async fn one_stream(
         integration = %configuration.name,
         "connected to ThingsBoard"
     );
-    outbound.set(Some(req_tx));
+    outbound.set(Some((generation, req_tx)));
     if events
         .send(SessionEvent::Connected(configuration))
         .await
@@ -657,6 +705,28 @@ mod tests {
             reconnect_delay(base, max, 0, 1.0),
             Duration::from_millis(3600)
         );
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_secret() {
+        let config = SessionConfig::new("http://127.0.0.1:9090", "key-1", "very-secret-42");
+        assert_eq!(config.secret.expose(), "very-secret-42");
+        for text in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!text.contains("very-secret-42"), "{text}");
+            assert!(text.contains("key-1"), "{text}");
+        }
+    }
+
+    #[test]
+    fn keepalive_none_sends_no_pings_and_some_is_at_least_the_minimum() {
+        let mut config = SessionConfig::new("http://127.0.0.1:9090", "k", "s");
+        assert_eq!(effective_keepalive(&config), Some(MIN_KEEPALIVE));
+        config.keepalive = None;
+        assert_eq!(effective_keepalive(&config), None);
+        config.keepalive = Some(Duration::from_secs(30));
+        assert_eq!(effective_keepalive(&config), Some(MIN_KEEPALIVE));
+        config.keepalive = Some(Duration::from_secs(900));
+        assert_eq!(effective_keepalive(&config), Some(Duration::from_secs(900)));
     }
 
     #[test]

@@ -681,6 +681,12 @@ impl Spool {
         self.read_seq = self.first_unacked_seq;
     }
 
+    /// Moves the read cursor back to `seq` (never before the first unacknowledged record), so
+    /// records read but not sent are read again by the next [`Spool::read_next`].
+    pub fn unread_from(&mut self, seq: u64) {
+        self.read_seq = seq.max(self.first_unacked_seq);
+    }
+
     /// Periodic duties: the interval fsync and persisting a pending ack position. Call it about
     /// every `interval` / `ack_persist_interval`.
     pub fn tick(&mut self) -> Result<(), SpoolError> {
