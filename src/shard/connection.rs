@@ -1,10 +1,12 @@
 //! One device connection: socket bytes → framer → uplink converter → records to the uplink
 //! core, and downlink bytes from the control task → socket.
 //!
-//! The task waits for readability with a 1-byte peek, then reads whatever the kernel has into
-//! the connection's buffer with one non-blocking `recv`. An idle connection therefore holds no
-//! read buffer at all (the buffer is released whenever no partial frame is pending), which
-//! keeps the per-connection memory of large idle fleets to a few hundred bytes.
+//! The task waits for readability with a 1-byte read into a byte of its own (glommio arms a
+//! buffer-less readiness poll; its `peek` would instead allocate a page-aligned buffer per
+//! waiting connection), then reads whatever else the kernel has into the connection's buffer
+//! with one non-blocking `recv`. An idle connection therefore holds no read buffer at all (the
+//! buffer is released whenever no partial frame is pending), which keeps the per-connection
+//! memory of large idle fleets small.
 //! Backpressure: the task awaits room in the records channel before it reads again, so a slow
 //! ThingsBoard closes the devices' TCP windows instead of growing memory.
 //!
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 
@@ -36,7 +38,8 @@ use crate::framing::Framer;
 use crate::metrics::{self, Counter, Gauge};
 
 enum Wake {
-    Readable,
+    /// Data to read; the first byte, when the wait took it.
+    Readable(Option<u8>),
     Eof,
     Command(Option<ConnCommand>),
     Idle,
@@ -134,18 +137,25 @@ async fn serve_loop(
         let idle_deadline = settings.idle_timeout.map(|idle| last_read + idle);
         // Commands come first on every iteration, also while the device keeps every read
         // full: otherwise a flooding device would never see Close nor get its downlinks.
+        // The byte the readiness wait took, if it did (it is already in `pending`).
+        let mut first_byte = 0usize;
         let wake = if let Some(command) = ends.backlog.pop_front() {
             Wake::Command(Some(command))
         } else if maybe_more {
             match futures_lite::future::poll_once(ends.commands.recv()).await {
                 Some(command) => Wake::Command(command),
-                None => Wake::Readable,
+                None => Wake::Readable(None),
             }
         } else {
             wait(ends.stream, ends.commands, idle_deadline).await
         };
         match wake {
-            Wake::Readable => {}
+            Wake::Readable(first) => {
+                if let Some(byte) = first {
+                    pending.extend_from_slice(&[byte]);
+                    first_byte = 1;
+                }
+            }
             Wake::Eof => return "closed by the device",
             Wake::Command(Some(ConnCommand::Write { bytes, downlink })) => {
                 ends.handle
@@ -187,13 +197,17 @@ async fn serve_loop(
                 return "socket error";
             }
         }
-        let read = match recv_into(ends.stream.as_raw_fd(), &mut pending, settings.read_bytes) {
-            Ok(0) => return "closed by the device",
-            Ok(n) => n,
+        let want = settings.read_bytes - first_byte;
+        let read = match recv_into(ends.stream.as_raw_fd(), &mut pending, want) {
+            Ok(0) if first_byte == 0 => return "closed by the device",
+            // The device closed after the byte the wait took: process it; the next wait sees EOF.
+            Ok(n) => first_byte + n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && first_byte > 0 => first_byte,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 maybe_more = false;
                 continue;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && first_byte > 0 => first_byte,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::debug!(%peer, "read failed: {e}");
@@ -262,17 +276,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Waits until the socket is readable (or at EOF), a command arrives, or the idle deadline.
 async fn wait(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     commands: &LocalReceiver<ConnCommand>,
     idle_deadline: Option<Instant>,
 ) -> Wake {
     let command = async { Wake::Command(commands.recv().await) };
     let readable = async {
-        let mut probe = [0u8; 1];
-        match stream.peek(&mut probe).await {
+        let mut first = [0u8; 1];
+        match stream.read(&mut first).await {
             Ok(0) => Wake::Eof,
-            Ok(_) => Wake::Readable,
-            Err(e) => Wake::Failed(e.into()),
+            Ok(_) => Wake::Readable(Some(first[0])),
+            Err(e) => Wake::Failed(e),
         }
     };
     match idle_deadline {
