@@ -19,6 +19,10 @@ use crate::uplink::core::{self, UplinkCoreChannels, UplinkCoreOptions};
 /// channel is sized in messages as `shard_channel_records / RECORDS_PER_MESSAGE_GUESS`.
 const RECORDS_PER_MESSAGE_GUESS: usize = 16;
 
+/// A shard hands its outbox over at the latest when it holds this many records (or one batch,
+/// if batches are smaller), so that at high rates the outbox never waits on its timer.
+const OUTBOX_FLUSH_RECORDS_MAX: usize = 512;
+
 /// How the process is laid out and what each part is given.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -275,6 +279,13 @@ impl ServerOptions {
             },
             ring_depth: settings.shards.ring_depth as usize,
             read_bytes: READ_BYTES,
+            // Half the linger: records wait in the shard for at most that, then the uplink
+            // core's linger (counted from the read) covers the rest.
+            outbox_delay: settings.uplink.batch_linger / 2,
+            outbox_flush_records: settings
+                .uplink
+                .batch_max_records
+                .clamp(1, OUTBOX_FLUSH_RECORDS_MAX),
         };
         ServerOptions {
             uplink,

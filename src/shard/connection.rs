@@ -7,7 +7,7 @@
 //! with one non-blocking `recv`. An idle connection therefore holds no read buffer at all (the
 //! buffer is released whenever no partial frame is pending), which keeps the per-connection
 //! memory of large idle fleets small.
-//! Backpressure: the task awaits room in the records channel before it reads again, so a slow
+//! Backpressure: the task awaits room in the shard's outbox before it reads again, so a slow
 //! ThingsBoard closes the devices' TCP windows instead of growing memory.
 //!
 //! Invariants: the command channel is looked at on every iteration (also while every read
@@ -221,8 +221,12 @@ async fn serve_loop(
         let records = split_and_convert(shard, &mut framer, &mut pending, peer, &mut converted);
         deliver_pending_downlinks(shard);
         if !records.is_empty() {
-            let batch = RecordBatch { conn, records };
-            if shard.records.send(batch).await.is_err() {
+            let batch = RecordBatch {
+                conn,
+                read_at: last_read,
+                records,
+            };
+            if shard.outbox.push(batch).await.is_err() {
                 return "uplink core stopped";
             }
         }

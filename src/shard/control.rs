@@ -21,9 +21,10 @@ use glommio::net::TcpListener;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+use super::outbox::{Outbox, OutboxLimits};
 use super::{
-    DownlinkCommand, RecordBatch, ServingConfig, ShardChannels, ShardConfig, ShardEvent,
-    ShardSettings, connection,
+    DownlinkCommand, ServingConfig, ShardChannels, ShardConfig, ShardEvent, ShardSettings,
+    connection,
 };
 use crate::convert::{ConverterConfig, ConverterRuntime};
 use crate::events::{ConfigRejected, ConnectionRefused, DownlinkDropReason, DownlinkDropped};
@@ -67,6 +68,9 @@ pub(super) enum ConnCommand {
     Close,
 }
 
+/// The outbox holds at most this many flushes' worth of records before connections wait.
+const OUTBOX_MAX_FLUSHES: usize = 4;
+
 /// Downlinks a connection task delivers from the shard's inbox after one read.
 const DOWNLINKS_PER_READ: usize = 16;
 
@@ -89,7 +93,8 @@ pub(super) struct Shard {
     pub conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     pub open_connections: Cell<usize>,
     next_conn_id: Cell<u64>,
-    pub records: mpsc::Sender<RecordBatch>,
+    /// Converted records on their way to the uplink core.
+    pub outbox: Outbox,
     pub events: mpsc::UnboundedSender<ShardEvent>,
     /// The shard's downlink lane from the uplink core; drained by the control task and, between
     /// reads, by connection tasks (`deliver_pending_downlinks`).
@@ -142,6 +147,11 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
             return;
         }
     };
+    let outbox = Outbox::new(OutboxLimits {
+        delay: settings.outbox_delay,
+        flush_records: settings.outbox_flush_records,
+        max_records: settings.outbox_flush_records * OUTBOX_MAX_FLUSHES,
+    });
     let shard = Rc::new(Shard {
         index,
         settings,
@@ -149,9 +159,13 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
         conns: RefCell::new(HashMap::new()),
         open_connections: Cell::new(0),
         next_conn_id: Cell::new(1),
-        records,
+        outbox,
         events,
         downlink_inbox: RefCell::new(downlinks),
+    });
+    let flusher = glommio::spawn_local({
+        let shard = shard.clone();
+        async move { shard.outbox.run_flusher(records).await }
     });
     let mut serving: Option<Arc<ServingConfig>> = None;
     let mut acceptor: Option<Task<()>> = None;
@@ -211,6 +225,9 @@ pub(super) async fn run_shard(index: usize, settings: Rc<ShardSettings>, channel
             );
         }
     }
+    // What the connections read and converted goes out before the shard stops.
+    shard.outbox.close();
+    flusher.await;
     tracing::info!(shard = index, "shard stopped");
 }
 

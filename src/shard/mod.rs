@@ -3,7 +3,8 @@
 //! delivery to its connections. Nothing on the per-frame path is shared with other threads.
 //!
 //! A shard talks to the uplink core through channels created at start-up and kept for its life:
-//! * records out: a bounded channel; when it is full, connection tasks wait on it and stop
+//! * records out: the shard's outbox (`outbox.rs`) collects a few milliseconds of records and
+//!   hands them to a bounded channel; when both are full, connection tasks wait and stop
 //!   reading their sockets, so TCP flow control pushes back on devices (never a silent drop);
 //! * events out (closed connections, undeliverable downlinks): unbounded, small and rare;
 //! * configuration in: a `watch` (latest wins), applied between frames;
@@ -12,6 +13,7 @@
 
 mod connection;
 mod control;
+mod outbox;
 pub mod pipeline;
 
 use std::rc::Rc;
@@ -43,6 +45,9 @@ pub struct ShippedRecord {
 #[derive(Debug)]
 pub struct RecordBatch {
     pub conn: ConnRef,
+    /// When the shard read the bytes: the uplink core's linger clock starts here, so the time
+    /// a batch spends in the shard's outbox counts against the linger.
+    pub read_at: std::time::Instant,
     pub records: Vec<ShippedRecord>,
 }
 
@@ -103,6 +108,11 @@ pub struct ShardSettings {
     pub ring_depth: usize,
     /// Bytes asked of the kernel per socket read.
     pub read_bytes: usize,
+    /// How long converted records may wait in the shard's outbox before they are handed to
+    /// the uplink core (part of the uplink linger; zero hands over every read at once).
+    pub outbox_delay: Duration,
+    /// Records in the outbox that make a hand-over due at once.
+    pub outbox_flush_records: usize,
 }
 
 /// The channel ends a shard thread owns.

@@ -158,6 +158,9 @@ struct Core {
     /// Records received from the shards and not yet in the spool (a full spool under the
     /// backpressure policy leaves them here, and no more are received until they fit).
     to_spool: VecDeque<(ConnRef, ShippedRecord)>,
+    /// When the oldest record in `to_spool` was read by its shard (the linger clock's start
+    /// for records that find the spool idle).
+    to_spool_read_at: Option<Instant>,
     /// Largest append, in spooled bytes: a quarter of the spool, so a chunk always fits once
     /// acknowledgements have made room.
     append_budget_bytes: u64,
@@ -195,6 +198,7 @@ pub async fn run(
         unsent,
         unsent_since: (unsent > 0).then(Instant::now),
         to_spool: VecDeque::new(),
+        to_spool_read_at: None,
         append_budget_bytes,
         read_scratch: Vec::new(),
     };
@@ -427,6 +431,9 @@ impl Core {
     fn on_records(&mut self, batches: Vec<RecordBatch>) {
         for batch in batches {
             let conn = batch.conn;
+            // Never later than now: a clock that went backwards must not hold a batch back.
+            let read_at = batch.read_at.min(Instant::now());
+            self.to_spool_read_at = Some(self.to_spool_read_at.map_or(read_at, |t| t.min(read_at)));
             self.to_spool
                 .extend(batch.records.into_iter().map(|record| (conn, record)));
         }
@@ -480,7 +487,8 @@ impl Core {
                         self.unsent += count as u64;
                     }
                     if was_idle {
-                        self.unsent_since = Some(Instant::now());
+                        self.unsent_since =
+                            Some(self.to_spool_read_at.unwrap_or_else(Instant::now));
                     }
                 }
                 Err(SpoolError::Full { .. }) => return,
@@ -512,6 +520,7 @@ impl Core {
                 self.saw_uplink(conn, &record.name);
             }
         }
+        self.to_spool_read_at = None;
     }
 
     /// The device's uplink arrived on `conn`: route it there and release what was held for it.
