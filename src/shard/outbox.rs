@@ -215,7 +215,7 @@ mod tests {
 
     fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
         LocalExecutorBuilder::default()
-            .spawn(move || f())
+            .spawn(f)
             .expect("executor")
             .join()
             .expect("joined");
