@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::accounting::LatencySummary;
+use crate::accounting::{DeviceLedger, LatencySummary};
 use crate::clock::now_us;
 use crate::devices::{FleetConfig, FleetReport, Schedule, merged_downlink_rtt, merged_send_lag};
 use crate::procfs::{self, ProcSample};
@@ -166,7 +166,11 @@ pub async fn run(opts: &RunOptions, sink: Option<&Sink>) -> anyhow::Result<Repor
     let fleet_reports = taken.stop().await?;
     let sent_total: u64 = fleet_reports.iter().flat_map(|r| r.sent.iter()).sum();
     if let Some(sink) = sink {
-        drain(sink, sent_total, opts.drain).await;
+        let sent: Vec<(String, u64)> = fleet_reports
+            .iter()
+            .flat_map(|r| r.sent_by_name(&opts.fleet.name_prefix))
+            .collect();
+        drain(sink, &sent, opts.drain).await;
     }
     if let Some(task) = outage_task {
         // Still running only when the run ended before the sink came back.
@@ -225,16 +229,18 @@ async fn progress_sent(devices: &tokio::sync::Mutex<Option<Devices>>) -> u64 {
         .unwrap_or_default()
 }
 
-/// Waits until the sink holds every sent frame, or nothing new arrived for `quiet`.
-async fn drain(sink: &Sink, sent_total: u64, quiet: Duration) {
+/// Waits until the sink holds every frame each device counted as sent, or nothing new arrived
+/// for `quiet`. Frames beyond a device's count (a write cut short by the stop) do not stand in
+/// for missing ones: counting them would end the drain while records are still on their way.
+async fn drain(sink: &Sink, sent: &[(String, u64)], quiet: Duration) {
     let mut last = sink.tally().records;
     let mut last_change = tokio::time::Instant::now();
     loop {
-        let (records, distinct) = {
+        let (records, done) = {
             let t = sink.tally();
-            (t.records, t.ledger.distinct())
+            (t.records, every_sent_frame_arrived(&t.ledger, sent))
         };
-        if distinct >= sent_total {
+        if done {
             return;
         }
         if records != last {
@@ -245,6 +251,14 @@ async fn drain(sink: &Sink, sent_total: u64, quiet: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the ledger holds every seq `0..sent` of every device.
+fn every_sent_frame_arrived(ledger: &DeviceLedger, sent: &[(String, u64)]) -> bool {
+    ledger
+        .reconcile(sent.iter().map(|(n, s)| (n.as_str(), *s)))
+        .lost
+        == 0
 }
 
 fn fill_fleet_figures(report: &mut Report, fleets: &[FleetReport]) {
@@ -364,5 +378,31 @@ async fn progress_loop(
             progress.open,
             progress.errors
         );
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[test]
+    fn frames_beyond_a_devices_count_do_not_stand_in_for_missing_ones() {
+        let sent = vec![("SN-1".to_string(), 3), ("SN-2".to_string(), 2)];
+        let mut ledger = DeviceLedger::default();
+        for seq in [0, 1, 2] {
+            ledger.record("SN-1", seq);
+        }
+        ledger.record("SN-2", 0);
+        // SN-2's write of seqs 2..=4 was cut short by the stop: they arrive, but seq 1 has not.
+        for seq in [2, 3, 4] {
+            ledger.record("SN-2", seq);
+        }
+        assert!(
+            ledger.distinct() >= 5,
+            "more distinct records than sent in all"
+        );
+        assert!(!every_sent_frame_arrived(&ledger, &sent));
+        ledger.record("SN-2", 1);
+        assert!(every_sent_frame_arrived(&ledger, &sent));
     }
 }
