@@ -37,8 +37,8 @@ fn temperatures(records: &[Record], device: &str) -> Vec<i64> {
         .iter()
         .filter(|r| r.name == device)
         .flat_map(|r| r.telemetry.iter())
-        .filter_map(|t| match t.values.get("temperature") {
-            Some(TypedValue::Long(v)) => Some(*v),
+        .map(|t| match t.values.get("temperature") {
+            Some(TypedValue::Long(v)) => *v,
             other => panic!("unexpected temperature {other:?}"),
         })
         .collect()
