@@ -16,7 +16,8 @@
 //! reading of its uplinks (two peers each blocked writing to the other would otherwise stall
 //! forever). The queue is bounded by the shard (`CONN_COMMANDS_MAX` downlinks per connection).
 //!
-//! Fairness: after every read the task yields to the other tasks of the shard. glommio's
+//! Fairness: after every read the task yields to the other tasks of the shard (unless it has
+//! just been woken from a wait, which queued it behind them already). glommio's
 //! `yield_if_needed` only yields once the whole task queue's time slice (100 ms) is used up, so
 //! with many busy devices each connection (and its downlinks) would be served once per
 //! `connections × 100 ms`.
@@ -234,6 +235,8 @@ async fn serve_loop(
     // The idle timeout counts from the last byte the device sent; downlinks written to it do
     // not count (docs: "close a connection that sent nothing for this long").
     let mut last_read = Instant::now();
+    // Whether the task has waited (let the other tasks run) since its last read.
+    let mut suspended = false;
     loop {
         let idle_deadline = settings.idle_timeout.map(|idle| last_read + idle);
         // Commands come first on every iteration, also while the device keeps every read
@@ -250,7 +253,8 @@ async fn serve_loop(
         let wake = if maybe_more {
             Wake::Readable(None)
         } else {
-            let wake = wait(ends, true, idle_deadline).await;
+            let (wake, waited) = wait(ends, true, idle_deadline).await;
+            suspended |= waited;
             match ends.on_downlink_wake(wake) {
                 Ok(Some(wake)) => wake,
                 Ok(None) => continue,
@@ -313,8 +317,12 @@ async fn serve_loop(
             // Release the read buffer: idle connections hold no memory for it.
             pending = BytesMut::new();
         }
-        // Round-robin between the shard's connections, one read each (see the header).
-        futures_lite::future::yield_now().await;
+        // Round-robin between the shard's connections, one read each (see the header). A task
+        // that was just woken from a wait already queued behind the others: no second turn
+        // is needed (it would cost a task switch per read of every slow device).
+        if !std::mem::take(&mut suspended) {
+            futures_lite::future::yield_now().await;
+        }
     }
 }
 
@@ -331,7 +339,7 @@ async fn send_records(
         let downlinks = async {
             loop {
                 // No read is waited on here: the idle deadline cannot pass either.
-                let wake = wait(ends, false, None).await;
+                let (wake, _) = wait(ends, false, None).await;
                 ends.on_downlink_wake(wake)?;
             }
         };
@@ -350,8 +358,9 @@ async fn send_records(
 
 /// Waits until a command arrives, the socket takes outbound bytes (when any are queued), the
 /// socket is readable or at EOF (when `read`), or the idle deadline passes. Commands are
-/// looked at first, so a Close wins over a device that keeps the socket busy.
-async fn wait(ends: &mut ConnEnds<'_>, read: bool, idle_deadline: Option<Instant>) -> Wake {
+/// looked at first, so a Close wins over a device that keeps the socket busy. Also tells
+/// whether the task had to wait (was suspended) or found something ready at once.
+async fn wait(ends: &mut ConnEnds<'_>, read: bool, idle_deadline: Option<Instant>) -> (Wake, bool) {
     let ConnEnds {
         stream,
         commands,
@@ -363,7 +372,8 @@ async fn wait(ends: &mut ConnEnds<'_>, read: bool, idle_deadline: Option<Instant
     let mut command = pin!(commands.recv());
     let mut idle = pin!(sleep_until(idle_deadline));
     let mut first = [0u8; 1];
-    std::future::poll_fn(|cx| {
+    let mut suspended = false;
+    let wake = std::future::poll_fn(|cx| {
         if let Poll::Ready(command) = command.as_mut().poll(cx) {
             return Poll::Ready(Wake::Command(command));
         }
@@ -388,9 +398,11 @@ async fn wait(ends: &mut ConnEnds<'_>, read: bool, idle_deadline: Option<Instant
         if idle.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Idle);
         }
+        suspended = true;
         Poll::Pending
     })
-    .await
+    .await;
+    (wake, suspended)
 }
 
 /// Sleeps until `deadline`; forever when there is none.
