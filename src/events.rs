@@ -121,6 +121,8 @@ pub enum DownlinkDropReason {
     NoConverter,
     /// The encoder failed.
     EncodeFailed,
+    /// The device's live connection already had the most downlinks waiting to be written.
+    ConnQueueFull,
 }
 
 impl DownlinkDropReason {
@@ -131,6 +133,7 @@ impl DownlinkDropReason {
             }
             DownlinkDropReason::NoConverter => Counter::DownlinksNoConverter,
             DownlinkDropReason::EncodeFailed => Counter::DownlinkEncodeErrors,
+            DownlinkDropReason::ConnQueueFull => Counter::DownlinksConnQueueFull,
         }
     }
 }

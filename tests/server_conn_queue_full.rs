@@ -1,5 +1,8 @@
-//! A full per-connection downlink queue is counted as `tcpi_downlinks_conn_queue_full_total`,
-//! not as a full shard inbox. Its own test binary: the counters are process-wide.
+//! A full per-connection downlink queue (a live device that does not read) drops further
+//! downlinks, counted as `tcpi_downlinks_conn_queue_full_total` (not as a full shard inbox, and
+//! not held: holding them would bring them back with the device's next uplink); what was
+//! queued still reaches the device, in order. Its own test binary: the counters are
+//! process-wide.
 
 mod common;
 
@@ -10,7 +13,8 @@ use common::*;
 use socket2::{Domain, Socket, Type};
 use tcp_integration::metrics::{self, Counter};
 
-/// Writes queued per connection before the shard hands downlinks back (control.rs).
+/// Downlinks queued per connection and not yet written whole before the shard drops more
+/// (control.rs).
 const CONN_COMMANDS_MAX: usize = 64;
 
 #[test]
@@ -39,8 +43,11 @@ fn full_connection_queue_has_its_own_counter() {
 
     let inbox_full = metrics::get(Counter::DownlinksInboxFull);
     let queue_full = metrics::get(Counter::DownlinksConnQueueFull);
-    // The queue takes CONN_COMMANDS_MAX more; the last three find it full.
-    for n in 0..CONN_COMMANDS_MAX + 3 {
+    let held = metrics::get(Counter::DownlinksHeld);
+    // The blob being written still counts: the queue takes CONN_COMMANDS_MAX - 1 more and the
+    // last three find it full.
+    let taken = CONN_COMMANDS_MAX - 1;
+    for n in 0..taken + 3 {
         h.downlink("SN-FULL", serde_json::json!({ "n": n }));
     }
     let deadline = Instant::now() + PATIENCE;
@@ -56,6 +63,7 @@ fn full_connection_queue_has_its_own_counter() {
         queue_full + 3
     );
     assert_eq!(metrics::get(Counter::DownlinksInboxFull), inbox_full);
+    assert_eq!(metrics::get(Counter::DownlinksHeld), held);
     let text = metrics::render_prometheus();
     assert!(
         text.contains(&format!(
@@ -63,5 +71,22 @@ fn full_connection_queue_has_its_own_counter() {
             queue_full + 3
         )),
         "{text}"
+    );
+
+    // The device reads again: the blob, then the queued ones in order; the dropped ones never
+    // come (the next downlink is the one sent after them).
+    let mut expected = format!("{{\"blob\":\"{blob}\"}}\n");
+    for n in 0..taken {
+        expected.push_str(&format!("{{\"n\":{n}}}\n"));
+    }
+    assert_eq!(
+        String::from_utf8(read_exact_within(&mut device, expected.len())).unwrap(),
+        expected
+    );
+    h.downlink("SN-FULL", serde_json::json!({ "n": "after" }));
+    let after = "{\"n\":\"after\"}\n";
+    assert_eq!(
+        read_exact_within(&mut device, after.len()),
+        after.as_bytes()
     );
 }

@@ -10,6 +10,9 @@
 //!   are written together in one catch-up write.
 //! * A fleet stops in two steps: `Stopping` lets every in-progress write finish (so counts stay
 //!   exact), `Abort` (after a grace period) cancels writes stuck on a dead server.
+//! * A device reads its downlinks on a task of its own, independent of its writes, and keeps
+//!   reading after it stopped writing until the server closes the connection (a close with
+//!   unread bytes would reset the connection and lose the frames still queued).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -347,9 +350,11 @@ async fn device(shared: Arc<Shared>, i: u64) {
         .wait_for(|p| matches!(p, Phase::Stopping | Phase::Abort))
         .await;
     let _ = writer.shutdown().await;
-    if let Some(task) = downlink_task {
-        task.abort();
-    }
+    // The reader, if any, keeps the socket open and reading until the server closes it:
+    // closing a socket with unread downlinks makes the kernel send a reset, which throws away
+    // the frames still queued on both sides and would show up as uplink loss.
+    drop(writer);
+    drop(downlink_task);
     shared.open.fetch_sub(1, Ordering::Relaxed);
 }
 

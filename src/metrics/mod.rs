@@ -52,7 +52,7 @@ closed_set!(Counter, "A monotonically increasing count.", [
     DownlinksNoConverter => "tcpi_downlinks_no_converter_total", "Downlinks dropped because no downlink converter is configured.";
     DownlinkEncodeErrors => "tcpi_downlink_encode_errors_total", "Downlinks whose encoder failed.";
     DownlinksInboxFull => "tcpi_downlinks_inbox_full_total", "Downlinks held again because a shard's inbox was full.";
-    DownlinksConnQueueFull => "tcpi_downlinks_conn_queue_full_total", "Downlinks held again because their connection's write queue was full (a device not reading) or had just closed.";
+    DownlinksConnQueueFull => "tcpi_downlinks_conn_queue_full_total", "Downlinks dropped because their live connection already had 64 downlinks waiting to be written (the device is not reading).";
     RecordsTooLarge => "tcpi_records_too_large_total", "Records larger than a batch (uplink.batch_max_bytes) or the spool can hold; never sent, kept in the dead-letter file.";
 ]);
 

@@ -28,7 +28,6 @@ use super::{
 };
 use crate::convert::{ConverterConfig, ConverterRuntime};
 use crate::events::{ConfigRejected, ConnectionRefused, DownlinkDropReason, DownlinkDropped};
-use crate::metrics::{self, Counter};
 use crate::net::listener::{bind_reuseport, configure_accepted};
 use crate::proto::integration::DeviceDownlinkDataProto;
 
@@ -36,7 +35,7 @@ use crate::proto::integration::DeviceDownlinkDataProto;
 const BIND_RETRY: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-/// Commands (downlinks) queued per connection before the shard hands them back for holding.
+/// Downlinks queued per connection and not yet written whole; more are dropped and counted.
 /// Enforced by `deliver_downlink` through [`ConnHandle::queued_writes`], not by the channel:
 /// glommio's bounded channel allocates its whole capacity up front, which would cost every
 /// idle connection ~2.5 KiB.
@@ -77,8 +76,8 @@ const DOWNLINKS_PER_READ: usize = 16;
 /// The shard's side of one registered connection.
 pub(super) struct ConnHandle {
     pub commands: LocalSender<ConnCommand>,
-    /// `Write` commands queued and not yet taken up for writing (in the channel or in the
-    /// connection task's backlog). The connection task decrements it when it starts a write.
+    /// `Write` commands queued and not yet written whole (in the channel or in the connection
+    /// task's outbound queue). The connection task decrements it when a write completes.
     pub queued_writes: Cell<usize>,
     /// The connection's socket; open for as long as the connection is registered (the task
     /// deregisters before it drops the stream), so shutdown may `shutdown(2)` it.
@@ -376,39 +375,42 @@ fn deliver_downlink(shard: &Shard, cmd: DownlinkCommand) {
         wire.extend_from_slice(item);
         wire.extend_from_slice(suffix);
     }
+    // A live connection with this many downlinks not yet written has a device that does not
+    // read its socket: dropped and counted (holding it would only bring it back here with the
+    // device's next uplink), so memory stays bounded per connection.
+    if handle.queued_writes.get() >= CONN_COMMANDS_MAX {
+        DownlinkDropped {
+            device: &device,
+            reason: DownlinkDropReason::ConnQueueFull,
+            detail: "the device's connection already has the most downlinks waiting to be written (the device is not reading)",
+        }
+        .emit();
+        return;
+    }
     let command = ConnCommand::Write {
         bytes: wire.freeze(),
         downlink: cmd.downlink,
     };
-    let queued = if handle.queued_writes.get() >= CONN_COMMANDS_MAX {
-        Err(glommio::GlommioError::WouldBlock(
-            glommio::ResourceType::Channel(command),
-        ))
-    } else {
-        handle.commands.try_send(command)
-    };
-    match queued {
+    match handle.commands.try_send(command) {
         Ok(()) => handle.queued_writes.set(handle.queued_writes.get() + 1),
-        Err(e) => hand_back_unqueued(shard, device, e),
-    }
-}
-
-/// A downlink the connection's queue did not take (full, or the task just ended): counted and
-/// handed back for holding.
-fn hand_back_unqueued(shard: &Shard, device: String, e: glommio::GlommioError<ConnCommand>) {
-    metrics::inc(Counter::DownlinksConnQueueFull);
-    if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write {
-        downlink,
-        ..
-    }))
-    | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(ConnCommand::Write {
-        downlink,
-        ..
-    })) = e
-    {
-        let _ = shard
-            .events
-            .send(ShardEvent::Undelivered { device, downlink });
+        // The task just ended (the channel is unbounded, so only a close fails it): the
+        // connection is gone, hold the downlink for the device's next uplink.
+        Err(
+            glommio::GlommioError::Closed(glommio::ResourceType::Channel(ConnCommand::Write {
+                downlink,
+                ..
+            }))
+            | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(ConnCommand::Write {
+                downlink,
+                ..
+            })),
+        ) => {
+            let _ = shard
+                .events
+                .send(ShardEvent::Undelivered { device, downlink });
+        }
+        // glommio reports a failed send only as Closed or WouldBlock, which carry the write.
+        Err(_) => {}
     }
 }
 
