@@ -328,7 +328,9 @@ async fn serve_loop(
 
 /// Hands one batch to the shard's outbox, writing downlinks while the outbox is full
 /// (the device's downlinks must not wait for ThingsBoard to catch up on uplinks). A Close
-/// that arrives meanwhile still lets the batch go first: what was read is shipped.
+/// that arrives meanwhile ends the wait for room, not the batch: the push put it in the
+/// outbox when first polled (`sent` is polled before `downlinks`), so what was read is
+/// shipped, and a stalled ThingsBoard cannot keep a closing connection open.
 async fn send_records(
     shard: &Shard,
     ends: &mut ConnEnds<'_>,
@@ -350,10 +352,7 @@ async fn send_records(
             Err(reason) => reason,
         }
     };
-    match send.await {
-        Ok(()) => Err(stop),
-        Err(_) => Err("uplink core stopped"),
-    }
+    Err(stop)
 }
 
 /// Waits until a command arrives, the socket takes outbound bytes (when any are queued), the

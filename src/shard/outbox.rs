@@ -71,6 +71,8 @@ impl Outbox {
     }
 
     /// Adds one read's records and waits until the outbox has room again (backpressure).
+    /// The records are in the outbox as soon as the future is first polled; what it awaits
+    /// after that is only room, so dropping it then loses nothing.
     pub(super) async fn push(&self, batch: RecordBatch) -> Result<(), UplinkGone> {
         if self.uplink_gone.get() {
             return Err(UplinkGone);
