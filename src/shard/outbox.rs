@@ -13,7 +13,8 @@
 //!   once when `flush_records` are waiting; with `delay` zero every push flushes;
 //! * backpressure is kept: a connection task waits (and so stops reading its socket) while
 //!   `max_records` are waiting, and the flusher waits on the bounded channel to the uplink core,
-//!   so a slow ThingsBoard still closes the devices' TCP windows;
+//!   so a slow ThingsBoard still closes the devices' TCP windows; a waiting connection holds
+//!   one waker in the outbox however often it is polled;
 //! * nothing is dropped: `close` makes the flusher send what is left and end, and
 //!   [`Outbox::run_flusher`] returns only when the outbox is empty (or the uplink core is gone).
 
@@ -50,6 +51,9 @@ pub(super) struct Outbox {
     uplink_gone: Cell<bool>,
     flusher: RefCell<Option<Waker>>,
     waiting_for_room: RefCell<Vec<Waker>>,
+    /// Bumped whenever `waiting_for_room` is emptied, so that a push knows whether the waker
+    /// it registered is still there.
+    room_round: Cell<u64>,
 }
 
 impl Outbox {
@@ -67,6 +71,7 @@ impl Outbox {
             uplink_gone: Cell::new(false),
             flusher: RefCell::new(None),
             waiting_for_room: RefCell::new(Vec::new()),
+            room_round: Cell::new(0),
         }
     }
 
@@ -87,13 +92,29 @@ impl Outbox {
         if was_empty || nr >= self.limits.flush_records || self.limits.delay.is_zero() {
             self.wake_flusher();
         }
+        // Where this push's waker sits in `waiting_for_room`, and in which round: a waiting
+        // push is polled again on every wake of its connection's downlink side, and must keep
+        // one waker, not add one per poll.
+        let mut registered: Option<(u64, usize)> = None;
         std::future::poll_fn(|cx| {
             if self.uplink_gone.get() {
                 Poll::Ready(Err(UplinkGone))
             } else if self.nr_records.get() < self.limits.max_records {
                 Poll::Ready(Ok(()))
             } else {
-                self.waiting_for_room.borrow_mut().push(cx.waker().clone());
+                let round = self.room_round.get();
+                let mut waiting = self.waiting_for_room.borrow_mut();
+                match registered.and_then(|(r, index)| (r == round).then_some(index)) {
+                    Some(index) if index < waiting.len() => {
+                        if !waiting[index].will_wake(cx.waker()) {
+                            waiting[index] = cx.waker().clone();
+                        }
+                    }
+                    _ => {
+                        registered = Some((round, waiting.len()));
+                        waiting.push(cx.waker().clone());
+                    }
+                }
                 Poll::Pending
             }
         })
@@ -104,6 +125,12 @@ impl Outbox {
     #[cfg(test)]
     fn nr_records(&self) -> usize {
         self.nr_records.get()
+    }
+
+    /// Wakers registered by producers waiting for room.
+    #[cfg(test)]
+    fn nr_waiting_for_room(&self) -> usize {
+        self.waiting_for_room.borrow().len()
     }
 
     /// No more pushes: the flusher sends what is left and ends.
@@ -119,6 +146,7 @@ impl Outbox {
     }
 
     fn wake_waiting_for_room(&self) {
+        self.room_round.set(self.room_round.get() + 1);
         for waker in self.waiting_for_room.borrow_mut().drain(..) {
             waker.wake();
         }
@@ -343,6 +371,42 @@ mod tests {
                 (0..10).collect::<Vec<_>>(),
                 "every record once, in order"
             );
+        });
+    }
+
+    /// A connection task waiting for room is polled again on every wake of the downlink side
+    /// (`connection::send_records` races the push against commands and socket writability):
+    /// each poll must not leave one more waker behind. glommio counts a task's waker clones in
+    /// an `i16` and panics past 32,767, so a long uplink stall with downlinks flowing would
+    /// otherwise take the whole shard down (and grow memory until then).
+    #[test]
+    fn repeated_polls_of_a_waiting_push_keep_one_waker() {
+        run(|| async {
+            let outbox = Rc::new(Outbox::new(OutboxLimits {
+                delay: Duration::from_secs(3600),
+                flush_records: 1,
+                max_records: 1,
+            }));
+            // No flusher yet: the outbox stays full.
+            let mut push = std::pin::pin!(outbox.push(batch(1, &["a"])));
+            for _ in 0..40_000 {
+                assert!(
+                    futures_lite::future::poll_once(push.as_mut())
+                        .await
+                        .is_none(),
+                    "room without a flush"
+                );
+            }
+            assert_eq!(outbox.nr_waiting_for_room(), 1);
+            let (tx, mut rx) = mpsc::channel(16);
+            let _flusher = glommio::spawn_local({
+                let outbox = outbox.clone();
+                async move { outbox.run_flusher(tx).await }
+            })
+            .detach();
+            assert_eq!(push.await, Ok(()), "the flush made room and woke the push");
+            assert_eq!(names(&[rx.recv().await.expect("flushed")]), ["a"]);
+            assert_eq!(outbox.nr_waiting_for_room(), 0);
         });
     }
 
