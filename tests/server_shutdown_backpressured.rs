@@ -79,7 +79,10 @@ fn shutdown_returns_while_the_uplink_core_takes_nothing() {
         }
     }
     let spooled = metrics::get(Counter::RecordsSpooled);
-    assert!((spooled as usize) < sent, "{spooled} of {sent}: not blocked");
+    assert!(
+        (spooled as usize) < sent,
+        "{spooled} of {sent}: not blocked"
+    );
 
     let server = h.server.take().expect("server running");
     let (done_tx, done_rx) = mpsc::channel();
