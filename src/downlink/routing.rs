@@ -4,7 +4,11 @@
 //! Pure state, driven by the uplink core:
 //! * every shipped uplink record calls [`Router::saw_uplink`] (last uplink wins, as in
 //!   ThingsBoard), which also releases the downlinks held for that device onto that connection;
-//! * a closed connection ([`Router::connection_closed`]) forgets the routes through it;
+//! * a closed connection ([`Router::connection_closed`]) forgets the routes through it, and
+//!   uplinks that still arrive from it (its last records may reach the uplink core after the
+//!   close: they wait in the shard's outbox, the close does not) route nothing and release
+//!   nothing — otherwise they could point a device that already reconnected elsewhere back at
+//!   the dead connection;
 //! * a downlink ([`Router::route`]) goes to the live route, or is held — at most
 //!   `hold_max_per_device` per device (the oldest is dropped first) and for at most `hold_for`
 //!   (expired ones are dropped by [`Router::expire`]). Every drop is returned to the caller, who
@@ -23,6 +27,11 @@ use std::time::{Duration, Instant};
 /// ThingsBoard's defaults of the device→peer cache (`cacheSize`, `timeToLiveInMinutes`).
 pub const DEFAULT_MAX_ROUTES: usize = 1000;
 pub const DEFAULT_ROUTE_TTL: Duration = Duration::from_secs(1440 * 60);
+
+/// Closed connections remembered, newest last, so that their late uplinks are not routed.
+/// Late records trail their close by the shard outbox's delay (or a backpressure stall), far
+/// less than this many closes.
+const CLOSED_CONNS_REMEMBERED: usize = 65_536;
 
 /// A route's write time is refreshed by an uplink on the same connection at most this often,
 /// so the per-record cost stays one hash lookup.
@@ -68,6 +77,9 @@ pub struct Router<T> {
     /// The devices routed through each connection, so a close costs its own devices only.
     by_conn: HashMap<ConnRef, HashSet<String>>,
     held: HashMap<String, VecDeque<Held<T>>>,
+    /// Recently closed connections (set and close order, at most `CLOSED_CONNS_REMEMBERED`).
+    closed: HashSet<ConnRef>,
+    closed_order: VecDeque<ConnRef>,
     hold_max_per_device: usize,
     hold_for: Duration,
     max_routes: usize,
@@ -83,6 +95,8 @@ impl<T> Router<T> {
             next_stamp: 0,
             by_conn: HashMap::new(),
             held: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: VecDeque::new(),
             hold_max_per_device,
             hold_for,
             max_routes: DEFAULT_MAX_ROUTES,
@@ -106,6 +120,9 @@ impl<T> Router<T> {
     /// Records that `device`'s uplink arrived on `conn` at `now`; returns the downlinks held
     /// for it, oldest first, now due on `conn`.
     pub fn saw_uplink(&mut self, device: &str, conn: ConnRef, now: Instant) -> Vec<T> {
+        if self.closed.contains(&conn) {
+            return Vec::new();
+        }
         self.write_route(device, conn, now);
         if self.held.is_empty() {
             return Vec::new();
@@ -123,7 +140,7 @@ impl<T> Router<T> {
     }
 
     fn write_route(&mut self, device: &str, conn: ConnRef, now: Instant) {
-        if self.max_routes == 0 {
+        if self.max_routes == 0 || self.closed.contains(&conn) {
             return;
         }
         let stamp = self.next_stamp;
@@ -192,6 +209,14 @@ impl<T> Router<T> {
 
     /// Forgets every route through `conn` (the connection closed).
     pub fn connection_closed(&mut self, conn: ConnRef) {
+        if self.closed.insert(conn) {
+            self.closed_order.push_back(conn);
+            if self.closed_order.len() > CLOSED_CONNS_REMEMBERED
+                && let Some(oldest) = self.closed_order.pop_front()
+            {
+                self.closed.remove(&oldest);
+            }
+        }
         for device in self.by_conn.remove(&conn).unwrap_or_default() {
             if let Some(route) = self.routes.get(&device)
                 && route.conn == conn
@@ -304,6 +329,47 @@ mod tests {
         assert_eq!(r.saw_uplink("SN-1", B1, now), vec!["a", "b"]);
         assert_eq!(r.held_count(), 0);
         assert_eq!(r.route("SN-1", "c", now), Route::Deliver(B1, "c"));
+    }
+
+    #[test]
+    fn late_uplinks_of_a_closed_connection_route_nothing() {
+        let mut r = Router::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        r.saw_uplink("SN-1", A0, now);
+        r.connection_closed(A0);
+        // The device reconnected on the other shard and sent there first...
+        assert!(r.saw_uplink("SN-1", B1, now).is_empty());
+        // ...then its old connection's last records arrive.
+        assert!(r.saw_uplink("SN-1", A0, now).is_empty());
+        r.note_uplink("SN-1", A0, now);
+        assert_eq!(r.route("SN-1", "x", now), Route::Deliver(B1, "x"));
+        // A held downlink stays held for a late record of a closed connection.
+        r.saw_uplink("SN-2", A0, now);
+        assert_eq!(r.route("SN-2", "y", now), Route::Held { dropped: None });
+        assert!(r.saw_uplink("SN-2", A0, now).is_empty());
+        assert_eq!(r.held_count(), 1);
+        assert_eq!(r.saw_uplink("SN-2", B1, now), vec!["y"]);
+    }
+
+    #[test]
+    fn closed_connections_are_remembered_up_to_a_bound() {
+        let mut r: Router<()> = Router::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        let conn = |id| ConnRef {
+            shard: 0,
+            conn_id: id,
+        };
+        for id in 0..(CLOSED_CONNS_REMEMBERED as u64 + 10) {
+            r.connection_closed(conn(id));
+        }
+        assert_eq!(r.closed.len(), CLOSED_CONNS_REMEMBERED);
+        assert_eq!(r.closed_order.len(), CLOSED_CONNS_REMEMBERED);
+        // The oldest closes were forgotten: such a connection routes again (conn ids are never
+        // reused, so in practice no uplink comes from it any more).
+        r.saw_uplink("SN-1", conn(0), now);
+        assert_eq!(r.route("SN-1", (), now), Route::Deliver(conn(0), ()));
+        r.saw_uplink("SN-2", conn(20), now);
+        assert_eq!(r.route("SN-2", (), now), Route::Held { dropped: None });
     }
 
     #[test]
