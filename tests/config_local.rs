@@ -610,6 +610,8 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("spool.fsync_interval_ms", "200", "200"),
     ("spool.max_bytes", "2097152", "2097152"),
     ("spool.full_policy", "drop-oldest", "\"drop-oldest\""),
+    ("statistics.enabled", "false", "false"),
+    ("statistics.persist_frequency_ms", "60000", "60000"),
     ("metrics.listen", "127.0.0.1:9100", "\"127.0.0.1:9100\""),
     ("log.level", "debug", "\"debug\""),
 ];
