@@ -848,3 +848,19 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_state_follows_how_and_whether_a_configuration_applied() {
+        use ConfigSource::{Connect, Update};
+        assert_eq!(lifecycle_after(Connect, Ok(true)), LifecycleState::Started);
+        assert_eq!(lifecycle_after(Update, Ok(true)), LifecycleState::Updated);
+        assert_eq!(lifecycle_after(Connect, Ok(false)), LifecycleState::Stopped);
+        assert_eq!(lifecycle_after(Update, Ok(false)), LifecycleState::Stopped);
+        assert_eq!(lifecycle_after(Connect, Err(())), LifecycleState::Failed);
+        assert_eq!(lifecycle_after(Update, Err(())), LifecycleState::Failed);
+    }
+}
