@@ -1,7 +1,7 @@
 //! `tcp-integration demo`: the Edge emulator and the integration in one process, set up as the
 //! user guide's example (TEXT handler on port 10560, the docs' decoder, the `JSON.stringify(msg)`
-//! encoder; `--example json|binary` for the other two). Every record the emulator receives is
-//! printed as a readable line; its admin API accepts downlinks.
+//! encoder; `--example json|binary` for the other two). Every record (and integration statistics
+//! message) the emulator receives is printed as a readable line; its admin API accepts downlinks.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::config::local::{RunArgs, Settings};
 use crate::edge_sim::definition::IntegrationDefinition;
-use crate::edge_sim::record::{EntityKind, Record, TypedValue};
+use crate::edge_sim::record::{EntityKind, Record, StatisticsRecord, TypedValue};
 use crate::edge_sim::{EXAMPLE_BINARY_JSON, EXAMPLE_JSON_JSON, EXAMPLE_TEXT_JSON, EdgeSim};
 use crate::server::{Server, ServerOptions};
 
@@ -132,6 +132,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .map_or_else(|| args.http.to_string(), |a| a.to_string()),
     );
     let mut records = edge.subscribe();
+    let mut statistics = edge.subscribe_statistics();
     let outcome = runtime.block_on(async {
         loop {
             tokio::select! {
@@ -140,6 +141,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     Ok(record) => println!("{}", describe_record(&record)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         println!("({n} records not shown: the terminal is slower than the devices)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break Ok(()),
+                },
+                stat = statistics.recv() => match stat {
+                    Ok(stat) => println!("{}", describe_statistics(&stat)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        println!("({n} statistics messages not shown)");
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break Ok(()),
                 },
@@ -175,6 +183,18 @@ pub fn describe_record(record: &Record) -> String {
     if !record.attributes.0.is_empty() {
         line.push_str(" attributes:");
         for (key, value) in &record.attributes.0 {
+            let _ = write!(line, " {key}={}", describe_value(value));
+        }
+    }
+    line
+}
+
+/// One readable line per integration statistics message.
+pub fn describe_statistics(stat: &StatisticsRecord) -> String {
+    let mut line = String::from("integration statistics");
+    for entry in &stat.telemetry {
+        let _ = write!(line, " @{}:", entry.ts);
+        for (key, value) in &entry.values.0 {
             let _ = write!(line, " {key}={}", describe_value(value));
         }
     }
@@ -220,6 +240,27 @@ mod tests {
             describe_record(&record),
             "device SN-002 (type default) telemetry@1700000000000: temperature=25.7 (DOUBLE) \
              humidity=69 (LONG) attributes: fw=\"1.2\" (STRING)"
+        );
+    }
+
+    #[test]
+    fn statistics_line_shows_counts_and_state() {
+        let stat = StatisticsRecord {
+            seq: 1,
+            recv_ms: 0,
+            telemetry: vec![TsEntry {
+                ts: 1700000000000,
+                values: KvList(vec![
+                    ("messagesCount".into(), TypedValue::Long(12)),
+                    ("errorsCount".into(), TypedValue::Long(1)),
+                    ("state".into(), TypedValue::String("STARTED".into())),
+                ]),
+            }],
+        };
+        assert_eq!(
+            describe_statistics(&stat),
+            "integration statistics @1700000000000: messagesCount=12 (LONG) \
+             errorsCount=1 (LONG) state=\"STARTED\" (STRING)"
         );
     }
 

@@ -266,6 +266,7 @@ impl ServerOptions {
             downlink_hold_max: settings.downlink.hold_max,
             downlink_hold_for: settings.downlink.hold_max_age,
             drain_timeout: DRAIN_TIMEOUT,
+            statistics: settings.statistics.clone(),
         };
         let shard = ShardSettings {
             nr_shards,

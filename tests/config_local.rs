@@ -610,6 +610,8 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("spool.fsync_interval_ms", "200", "200"),
     ("spool.max_bytes", "2097152", "2097152"),
     ("spool.full_policy", "drop-oldest", "\"drop-oldest\""),
+    ("statistics.enabled", "false", "false"),
+    ("statistics.persist_frequency_ms", "60000", "60000"),
     ("metrics.listen", "127.0.0.1:9100", "\"127.0.0.1:9100\""),
     ("log.level", "debug", "\"debug\""),
 ];
@@ -652,4 +654,33 @@ fn ipv6_edge_host_is_bracketed_in_the_endpoint_uri() {
     );
     let s = load(&[], &[("RPC_HOST", "10.0.0.7")]).unwrap();
     assert_eq!(s.rpc.endpoint_uri(), "http://10.0.0.7:9090");
+}
+
+#[test]
+fn statistics_default_to_thingsboards_and_take_its_variables() {
+    let s = load(&[], &[]).unwrap();
+    assert!(s.statistics.enabled);
+    assert_eq!(s.statistics.persist_frequency, Duration::from_secs(3600));
+    let s = load(
+        &[],
+        &[
+            ("INTEGRATION_STATISTICS_ENABLED", "false"),
+            ("INTEGRATION_STATISTICS_PERSIST_FREQUENCY", "60000"),
+        ],
+    )
+    .unwrap();
+    assert!(!s.statistics.enabled);
+    assert_eq!(s.statistics.persist_frequency, Duration::from_secs(60));
+    // The flag wins over the environment.
+    let s = load(
+        &["--statistics-persist-frequency-ms", "250"],
+        &[("INTEGRATION_STATISTICS_PERSIST_FREQUENCY", "60000")],
+    )
+    .unwrap();
+    assert_eq!(s.statistics.persist_frequency, Duration::from_millis(250));
+    assert_eq!(
+        invalid_message(&[], &[("INTEGRATION_STATISTICS_PERSIST_FREQUENCY", "99")]),
+        "invalid setting `statistics.persist_frequency_ms` (flag --statistics-persist-frequency-ms, \
+         env INTEGRATION_STATISTICS_PERSIST_FREQUENCY): 99; allowed: 100..=2592000000"
+    );
 }

@@ -346,3 +346,78 @@ async fn devices_and_uplinks_report_what_was_received() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn statistics_are_acknowledged_recorded_apart_and_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record_path = dir.path().join("records.jsonl");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let sim = EdgeSim::start(definition(), any, Some(any), Some(record_path.clone()))
+        .await
+        .expect("edge-sim starts");
+    let admin = sim.http_addr().expect("admin API");
+    let (handle, mut rx) = connect(&sim).await;
+    let stats = |ts: i64, messages: u64, state| {
+        tcp_integration::uplink::statistics::encode_statistics_uplink(
+            &tcp_integration::uplink::statistics::PeriodStatistics {
+                messages_count: messages,
+                errors_count: 1,
+                state,
+            },
+            ts,
+        )
+    };
+    use tcp_integration::uplink::statistics::LifecycleState;
+    handle
+        .send_uplink(stats(1000, 4, LifecycleState::Started))
+        .expect("connected");
+    handle
+        .send_uplink(stats(2000, 0, LifecycleState::Stopped))
+        .expect("connected");
+    for _ in 0..2 {
+        assert!(matches!(
+            next_event(&mut rx).await,
+            SessionEvent::UplinkAck { success: true, .. }
+        ));
+    }
+    assert!(sim.records().is_empty(), "statistics are not records");
+    let got = sim.statistics();
+    assert_eq!(
+        got.iter()
+            .map(|s| (s.seq, s.messages_count(), s.errors_count(), s.state()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, Some(4), Some(1), Some("STARTED")),
+            (2, Some(0), Some(1), Some("STOPPED"))
+        ]
+    );
+
+    let (status, body) = http(admin, "GET", "/statistics?after=1", None).await;
+    assert_eq!(status, 200);
+    let listed = json(&body);
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["kind"], "statistics");
+    assert_eq!(listed[0]["seq"], 2);
+    assert_eq!(
+        listed[0]["telemetry"],
+        serde_json::json!([{"ts": 2000, "values": {
+            "messagesCount": {"LONG_V": 0},
+            "errorsCount": {"LONG_V": 1},
+            "state": {"STRING_V": "STOPPED"}
+        }}])
+    );
+    let (_, body) = http(admin, "GET", "/statistics", None).await;
+    assert_eq!(json(&body).as_array().expect("array").len(), 2);
+
+    let lines: Vec<String> = std::fs::read_to_string(&record_path)
+        .expect("record file")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        got.iter().map(|s| s.to_json_line()).collect::<Vec<_>>()
+    );
+    sim.shutdown().await;
+}

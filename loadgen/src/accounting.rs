@@ -272,8 +272,11 @@ pub struct Tally {
     pub records: u64,
     /// Records without a usable device name / `seq` / `sent_us`.
     pub malformed: u64,
-    /// UplinkMsgs received (a server may batch many records into one).
+    /// UplinkMsgs received (a server may batch many records into one); statistics-only
+    /// messages are not included.
     pub uplink_msgs: u64,
+    /// Integration statistics UplinkMsgs received (no records; acknowledged like any other).
+    pub statistics_msgs: u64,
     /// Latency of records whose intended send time is inside the measured window.
     pub latency: Histogram<u64>,
     /// Latency since the last [`Tally::take_interval`] (live progress line).
@@ -294,6 +297,7 @@ impl Default for Tally {
             records: 0,
             malformed: 0,
             uplink_msgs: 0,
+            statistics_msgs: 0,
             latency: new_latency_histogram(),
             interval_latency: new_latency_histogram(),
             interval_records: 0,

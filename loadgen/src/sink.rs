@@ -3,7 +3,9 @@
 //! It checks the integration's routing key and secret, answers CONNECT with the configuration
 //! for the chosen format ([`crate::edge_config`]), acknowledges every UplinkMsg with
 //! `UplinkResponseMsg{success:true}` in request order, and counts each telemetry record in a
-//! [`Tally`]. With a downlink rate set it sends `DownlinkMsg`s (type `ATTRIBUTES_UPDATED`,
+//! [`Tally`]. Integration statistics messages (`integrationStatistics`, no records) are
+//! acknowledged too and counted apart (`statistics_msgs`), so records per UplinkMsg stays a
+//! measure of batching. With a downlink rate set it sends `DownlinkMsg`s (type `ATTRIBUTES_UPDATED`,
 //! data `{"dl_id":N,"sink_us":T}`) round-robin to the devices that have sent uplinks.
 //!
 //! [`Sink::outage`] plays a killed Edge: it stops acknowledging (optionally a while before the
@@ -608,6 +610,13 @@ pub fn count_uplink(tally: &Mutex<Tally>, uplink: &UplinkMsg, arrival_us: u64) {
 }
 
 fn count_into(tally: &mut Tally, uplink: &UplinkMsg, arrival_us: u64) {
+    let statistics_only = !uplink.integration_statistics.is_empty()
+        && uplink.device_data.is_empty()
+        && uplink.asset_data.is_empty();
+    if statistics_only {
+        tally.statistics_msgs += 1;
+        return;
+    }
     tally.uplink_msgs += 1;
     for device in &uplink.device_data {
         let entries = device
@@ -715,5 +724,64 @@ pub fn downlink_msg(device_name: String, dl_id: u64, sink_us: u64) -> ResponseMs
             }),
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcp_integration::proto::integration::{DeviceUplinkDataProto, IntegrationStatisticsProto};
+    use tcp_integration::proto::transport::{PostTelemetryMsg, TsKvListProto};
+
+    fn long(key: &str, v: i64) -> KeyValueProto {
+        KeyValueProto {
+            key: key.into(),
+            r#type: KeyValueType::LongV as i32,
+            long_v: v,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn statistics_messages_are_counted_apart_not_as_records() {
+        let tally = Mutex::new(Tally::default());
+        let record = UplinkMsg {
+            device_data: vec![DeviceUplinkDataProto {
+                device_name: "dev-1".into(),
+                device_type: "default".into(),
+                post_telemetry_msg: Some(PostTelemetryMsg {
+                    ts_kv_list: vec![TsKvListProto {
+                        ts: 1,
+                        kv: vec![long("seq", 0), long("sent_us", 10)],
+                    }],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let statistics = UplinkMsg {
+            integration_statistics: vec![IntegrationStatisticsProto {
+                post_telemetry_msg: Some(PostTelemetryMsg {
+                    ts_kv_list: vec![TsKvListProto {
+                        ts: 1,
+                        kv: vec![long("messagesCount", 1), long("errorsCount", 0)],
+                    }],
+                }),
+            }],
+            ..Default::default()
+        };
+        count_uplink(&tally, &record, 20);
+        count_uplink(&tally, &statistics, 30);
+        count_uplink(&tally, &statistics, 40);
+        let tally = lock(&tally);
+        assert_eq!(
+            (
+                tally.records,
+                tally.malformed,
+                tally.uplink_msgs,
+                tally.statistics_msgs
+            ),
+            (1, 0, 1, 2)
+        );
     }
 }

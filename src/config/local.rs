@@ -123,6 +123,8 @@ pub mod keys {
         SPOOL_FSYNC_INTERVAL_MS: "spool.fsync_interval_ms",      Some("--spool-fsync-interval-ms"), ["TCPI_SPOOL_FSYNC_INTERVAL_MS"];
         SPOOL_MAX_BYTES:         "spool.max_bytes",              Some("--spool-max-bytes"),         ["TCPI_SPOOL_MAX_BYTES"];
         SPOOL_FULL_POLICY:       "spool.full_policy",            Some("--spool-full-policy"),       ["TCPI_SPOOL_FULL_POLICY"];
+        STATISTICS_ENABLED:      "statistics.enabled",           Some("--statistics-enabled"),      ["INTEGRATION_STATISTICS_ENABLED"];
+        STATISTICS_PERSIST_FREQUENCY_MS: "statistics.persist_frequency_ms", Some("--statistics-persist-frequency-ms"), ["INTEGRATION_STATISTICS_PERSIST_FREQUENCY"];
         METRICS_LISTEN:          "metrics.listen",               Some("--metrics-listen"),          ["TCPI_METRICS_LISTEN"];
         LOG_LEVEL:               "log.level",                    Some("--log-level"),               ["TCPI_LOG_LEVEL", "RUST_LOG"];
     }
@@ -257,6 +259,7 @@ pub struct SettingsFile {
     pub downlink: DownlinkFile,
     pub script: ScriptFile,
     pub spool: SpoolFile,
+    pub statistics: StatisticsFile,
     pub metrics: MetricsFile,
     pub log: LogFile,
 }
@@ -342,6 +345,13 @@ pub struct SpoolFile {
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct StatisticsFile {
+    pub enabled: Option<bool>,
+    pub persist_frequency_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsFile {
     /// `""` = no metrics endpoint.
     pub listen: Option<String>,
@@ -420,6 +430,11 @@ impl SettingsFile {
                 max_bytes: Some(1 << 30),
                 full_policy: Some(SpoolFullPolicy::Backpressure),
             },
+            // ThingsBoard's remote integration defaults: enabled, every hour.
+            statistics: StatisticsFile {
+                enabled: Some(true),
+                persist_frequency_ms: Some(3_600_000),
+            },
             metrics: MetricsFile {
                 listen: Some(String::new()),
             },
@@ -448,6 +463,7 @@ impl SettingsFile {
         overlay_fields!(self.script, top.script; timeout_ms, memory_mib);
         overlay_fields!(self.spool, top.spool; dir, fsync, fsync_interval_ms, max_bytes,
             full_policy);
+        overlay_fields!(self.statistics, top.statistics; enabled, persist_frequency_ms);
         overlay_fields!(self.metrics, top.metrics; listen);
         overlay_fields!(self.log, top.log; level);
         self
@@ -513,6 +529,10 @@ impl SettingsFile {
                 fsync_interval_ms: e.int(&SPOOL_FSYNC_INTERVAL_MS)?,
                 max_bytes: e.int(&SPOOL_MAX_BYTES)?,
                 full_policy: e.choice(&SPOOL_FULL_POLICY)?,
+            },
+            statistics: StatisticsFile {
+                enabled: e.boolean(&STATISTICS_ENABLED)?,
+                persist_frequency_ms: e.int(&STATISTICS_PERSIST_FREQUENCY_MS)?,
             },
             metrics: MetricsFile {
                 listen: e.text(&METRICS_LISTEN),
@@ -581,6 +601,10 @@ impl SettingsFile {
                 fsync_interval_ms: a.spool_fsync_interval_ms,
                 max_bytes: a.spool_max_bytes,
                 full_policy: a.spool_full_policy,
+            },
+            statistics: StatisticsFile {
+                enabled: a.statistics_enabled,
+                persist_frequency_ms: a.statistics_persist_frequency_ms,
             },
             metrics: MetricsFile {
                 listen: a.metrics_listen,
@@ -889,6 +913,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "POLICY", help_heading = "Spool")]
     pub spool_full_policy: Option<SpoolFullPolicy>,
 
+    /// Send the integration's statistics (converted frames, errors, lifecycle state) to
+    /// ThingsBoard, shown on the integration's page. [default: true]
+    /// [env: INTEGRATION_STATISTICS_ENABLED]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help_heading = "Statistics"
+    )]
+    pub statistics_enabled: Option<bool>,
+
+    /// Statistics period, ms (at least 100). [default: 3600000]
+    /// [env: INTEGRATION_STATISTICS_PERSIST_FREQUENCY]
+    #[arg(long, value_name = "MS", help_heading = "Statistics")]
+    pub statistics_persist_frequency_ms: Option<u64>,
+
     /// Address for the Prometheus metrics endpoint, e.g. 127.0.0.1:9100; empty = off.
     /// [default: off] [env: TCPI_METRICS_LISTEN]
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
@@ -913,6 +953,7 @@ pub struct Settings {
     pub downlink: DownlinkSettings,
     pub script: ScriptSettings,
     pub spool: SpoolSettings,
+    pub statistics: StatisticsSettings,
     /// Metrics endpoint; `None` = off.
     pub metrics_listen: Option<SocketAddr>,
     /// A `tracing_subscriber::EnvFilter` directive (checked to parse).
@@ -1032,6 +1073,14 @@ pub struct SpoolSettings {
     pub fsync: FsyncPolicy,
     pub max_bytes: u64,
     pub full_policy: SpoolFullPolicy,
+}
+
+/// Integration statistics sent to ThingsBoard (contract §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatisticsSettings {
+    pub enabled: bool,
+    /// Length of one statistics period.
+    pub persist_frequency: Duration,
 }
 
 /// Why settings could not be loaded. The operator recovers by changing what the message names.
@@ -1378,6 +1427,18 @@ impl Settings {
             full_policy: or_default(p.full_policy, d.spool.full_policy),
         };
 
+        let t = layer.statistics;
+        let statistics = StatisticsSettings {
+            enabled: or_default(t.enabled, d.statistics.enabled),
+            // Not more often than the uplink core's timer looks (100 ms); at most 30 days.
+            persist_frequency: millis(
+                STATISTICS_PERSIST_FREQUENCY_MS,
+                or_default(t.persist_frequency_ms, d.statistics.persist_frequency_ms),
+                100,
+                2_592_000_000,
+            )?,
+        };
+
         let listen = or_default(layer.metrics.listen, d.metrics.listen);
         let metrics_listen = if listen.trim().is_empty() {
             None
@@ -1412,6 +1473,7 @@ impl Settings {
             downlink,
             script,
             spool,
+            statistics,
             metrics_listen,
             log_level,
             warnings,

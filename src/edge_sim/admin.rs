@@ -7,6 +7,7 @@
 //! | `GET /devices`, `GET /assets` | latest values per entity |
 //! | `GET /devices/{name}/telemetry`, `…/attributes` | latest typed values of one device |
 //! | `GET /uplinks?after=SEQ&limit=N` | records with `seq > SEQ` (record-file format, JSON array) |
+//! | `GET /statistics?after=SEQ` | integration statistics with `seq > SEQ` (JSON array) |
 //! | `PUT /integration` | replace the definition, push Integration/ConverterUpdateMsg |
 //! | `PUT /reject`, `GET /reject`, `DELETE /reject` | set, read, clear the [`RejectRule`] |
 //! | `GET /health` | liveness plus session and record counts |
@@ -110,6 +111,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/devices/{name}/telemetry", get(get_device_telemetry))
         .route("/devices/{name}/attributes", get(get_device_attributes))
         .route("/uplinks", get(get_uplinks))
+        .route("/statistics", get(get_statistics))
         .route("/integration", put(put_integration))
         .route(
             "/reject",
@@ -208,6 +210,24 @@ async fn get_uplinks(State(shared): State<Arc<Shared>>, Query(q): Query<UplinksQ
         start.saturating_add(l).min(state.records.len())
     });
     Json(&state.records[start..end]).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct StatisticsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn get_statistics(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<StatisticsQuery>,
+) -> Response {
+    let state = shared.lock();
+    // seq N lives at index N-1.
+    let start = usize::try_from(q.after)
+        .unwrap_or(usize::MAX)
+        .min(state.statistics.len());
+    Json(&state.statistics[start..]).into_response()
 }
 
 async fn put_integration(

@@ -3,7 +3,8 @@
 //!
 //! It serves `IntegrationTransport` for one integration definition ([`IntegrationDefinition`]),
 //! checks routing key and secret like the server, acknowledges and records every uplink
-//! ([`Record`], optionally appended to a JSON-lines file), and injects downlinks and definition
+//! ([`Record`], optionally appended to a JSON-lines file; integration statistics as
+//! [`StatisticsRecord`]), and injects downlinks and definition
 //! updates on request (library calls on [`EdgeSimHandle`] or the HTTP admin API in `admin`).
 //! A [`RejectRule`] makes it answer chosen uplinks with `success=false` instead (see `reject`).
 //! Start it in-process with [`EdgeSim::start`] (port 0 works) or as `tcp-integration edge-sim`.
@@ -29,7 +30,7 @@ pub use admin::{DEFAULT_DOWNLINK_MSG_TYPE, DownlinkRequest};
 pub use definition::{
     ConverterDefinition, DefinitionChanges, DefinitionError, IntegrationDefinition,
 };
-pub use record::{EntityKind, KvList, Record, TsEntry, TypedValue};
+pub use record::{EntityKind, KvList, Record, StatisticsRecord, TsEntry, TypedValue};
 pub use reject::RejectRule;
 pub use service::{BAD_SECRET_MSG, EdgeSimError, UNKNOWN_KEY_MSG_PREFIX};
 
@@ -59,7 +60,7 @@ pub struct EdgeSimArgs {
     /// Address of the HTTP admin API (off when not given).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// Append one JSON line per received device/asset record to FILE.
+    /// Append one JSON line per received device/asset record (and statistics message) to FILE.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 }
@@ -220,6 +221,16 @@ impl EdgeSimHandle {
     /// `Lagged`; `records()` still has them all).
     pub fn subscribe(&self) -> broadcast::Receiver<Record> {
         self.shared.subscribe()
+    }
+
+    /// Every integration statistics message received so far, in `seq` order.
+    pub fn statistics(&self) -> Vec<StatisticsRecord> {
+        self.shared.lock().statistics.clone()
+    }
+
+    /// Statistics received from now on.
+    pub fn subscribe_statistics(&self) -> broadcast::Receiver<StatisticsRecord> {
+        self.shared.subscribe_statistics()
     }
 
     /// A counter of ACCEPTED CONNECTs; wait on it to know an integration (re)connected.

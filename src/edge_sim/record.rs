@@ -7,6 +7,12 @@
 //!   "group":S,"telemetry":[{"ts":MS,"values":{KEY:{TYPE:VALUE}}}],"attributes":{KEY:{TYPE:VALUE}}}`
 //! Every key is always present; key order inside `values`/`attributes` is the wire order (a key
 //! repeated in one list keeps its first position and its last value).
+//!
+//! Integration statistics (`UplinkMsg.integrationStatistics`, contract §5.2) are recorded
+//! apart, as [`StatisticsRecord`] (`GET /statistics`; lines of the same record file, told apart
+//! by their `kind`):
+//! `{"kind":"statistics","seq":N,"recv_ms":MS,"telemetry":[{"ts":MS,"values":{KEY:{TYPE:VALUE}}}]}`
+//! with their own dense `seq` starting at 1. Device/asset records have no `kind` key.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +20,9 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::proto::integration::{AssetUplinkDataProto, DeviceUplinkDataProto, UplinkMsg};
+use crate::proto::integration::{
+    AssetUplinkDataProto, DeviceUplinkDataProto, IntegrationStatisticsProto, UplinkMsg,
+};
 use crate::proto::transport::{KeyValueProto, KeyValueType, PostAttributeMsg, PostTelemetryMsg};
 
 /// A typed value, serialised as `{"<KeyValueType name>": value}`.
@@ -220,6 +228,70 @@ pub fn records_from_uplink(msg: &UplinkMsg, recv_ms: i64) -> Vec<Record> {
         .collect()
 }
 
+/// One received `IntegrationStatisticsProto` (the statistics line format, see the module header).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "statistics")]
+pub struct StatisticsRecord {
+    pub seq: u64,
+    pub recv_ms: i64,
+    pub telemetry: Vec<TsEntry>,
+}
+
+impl StatisticsRecord {
+    /// The record as one JSON line (without the newline).
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The value of `key` in the last telemetry entry that has it.
+    pub fn value(&self, key: &str) -> Option<&TypedValue> {
+        self.telemetry
+            .iter()
+            .filter_map(|entry| entry.values.get(key))
+            .next_back()
+    }
+
+    /// `messagesCount`, when sent as LONG_V.
+    pub fn messages_count(&self) -> Option<i64> {
+        match self.value("messagesCount") {
+            Some(TypedValue::Long(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// `errorsCount`, when sent as LONG_V.
+    pub fn errors_count(&self) -> Option<i64> {
+        match self.value("errorsCount") {
+            Some(TypedValue::Long(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// `state`, when sent as STRING_V.
+    pub fn state(&self) -> Option<&str> {
+        match self.value("state") {
+            Some(TypedValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn statistics_record(s: &IntegrationStatisticsProto, recv_ms: i64) -> StatisticsRecord {
+    StatisticsRecord {
+        seq: 0,
+        recv_ms,
+        telemetry: telemetry(&s.post_telemetry_msg),
+    }
+}
+
+/// The statistics of one `UplinkMsg` (`seq` still 0, the store numbers them).
+pub fn statistics_from_uplink(msg: &UplinkMsg, recv_ms: i64) -> Vec<StatisticsRecord> {
+    msg.integration_statistics
+        .iter()
+        .map(|s| statistics_record(s, recv_ms))
+        .collect()
+}
+
 /// Latest value of one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatestValue {
@@ -344,6 +416,59 @@ mod tests {
         );
         let back: Record = serde_json::from_str(&records[0].to_json_line()).expect("parses");
         assert_eq!(back, records[0]);
+    }
+
+    #[test]
+    fn statistics_line_has_its_kind_and_typed_values() {
+        let msg = UplinkMsg {
+            integration_statistics: vec![IntegrationStatisticsProto {
+                post_telemetry_msg: Some(PostTelemetryMsg {
+                    ts_kv_list: vec![TsKvListProto {
+                        ts: 1000,
+                        kv: vec![
+                            KeyValueProto {
+                                key: "messagesCount".into(),
+                                r#type: KeyValueType::LongV as i32,
+                                long_v: 5,
+                                ..Default::default()
+                            },
+                            KeyValueProto {
+                                key: "errorsCount".into(),
+                                r#type: KeyValueType::LongV as i32,
+                                long_v: 1,
+                                ..Default::default()
+                            },
+                            KeyValueProto {
+                                key: "state".into(),
+                                r#type: KeyValueType::StringV as i32,
+                                string_v: "STARTED".into(),
+                                ..Default::default()
+                            },
+                        ],
+                    }],
+                }),
+            }],
+            ..Default::default()
+        };
+        assert!(records_from_uplink(&msg, 2000).is_empty());
+        let mut stats = statistics_from_uplink(&msg, 2000);
+        assert_eq!(stats.len(), 1);
+        stats[0].seq = 1;
+        assert_eq!(
+            stats[0].to_json_line(),
+            r#"{"kind":"statistics","seq":1,"recv_ms":2000,"telemetry":[{"ts":1000,"values":{"messagesCount":{"LONG_V":5},"errorsCount":{"LONG_V":1},"state":{"STRING_V":"STARTED"}}}]}"#
+        );
+        assert_eq!(
+            (
+                stats[0].messages_count(),
+                stats[0].errors_count(),
+                stats[0].state()
+            ),
+            (Some(5), Some(1), Some("STARTED"))
+        );
+        let back: StatisticsRecord =
+            serde_json::from_str(&stats[0].to_json_line()).expect("parses");
+        assert_eq!(back, stats[0]);
     }
 
     #[test]

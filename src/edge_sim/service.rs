@@ -5,7 +5,8 @@
 //! * the first CONNECT on a stream decides: ACCEPTED with the configuration, or
 //!   BAD_CREDENTIALS with the exact error text, after which the stream ends with an error
 //!   (status UNKNOWN); a second CONNECT is ignored; uplinks before CONNECT are ignored;
-//! * each `UplinkMsg` is answered with one `UplinkResponseMsg{success=true}`, in order (held
+//! * each `UplinkMsg` (records, statistics, anything) is answered with one
+//!   `UplinkResponseMsg{success=true}`, in order (held
 //!   back while acks are paused, then released in order) — or with `success=false` and the
 //!   rule's `errorMsg`, unrecorded, when the reject rule ([`super::reject`]) picks it;
 //! * sessions are keyed by the one integration: a newer ACCEPTED stream replaces the older one
@@ -23,7 +24,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::definition::{DefinitionChanges, IntegrationDefinition};
-use super::record::{EntityKind, EntityState, Record, records_from_uplink};
+use super::record::{
+    EntityKind, EntityState, Record, StatisticsRecord, records_from_uplink, statistics_from_uplink,
+};
 use super::reject::{self, RejectRule};
 use crate::proto::integration::integration_transport_server::IntegrationTransport;
 use crate::proto::integration::{
@@ -56,6 +59,8 @@ pub(crate) struct SimState {
     live: Option<LiveSession>,
     next_session_id: u64,
     pub(crate) records: Vec<Record>,
+    /// Integration statistics received, in order (`seq` = index + 1).
+    pub(crate) statistics: Vec<StatisticsRecord>,
     pub(crate) entities: BTreeMap<(EntityKind, String), EntityState>,
     record_file: Option<File>,
     /// Uplinks matching this are answered with `success=false` (see [`super::reject`]).
@@ -88,6 +93,7 @@ pub enum EdgeSimError {
 pub(crate) struct Shared {
     state: Mutex<SimState>,
     records_tx: broadcast::Sender<Record>,
+    statistics_tx: broadcast::Sender<StatisticsRecord>,
     pub(crate) ack_paused: watch::Sender<bool>,
     /// Count of ACCEPTED CONNECTs so far.
     pub(crate) accepted: watch::Sender<u64>,
@@ -111,12 +117,14 @@ impl Shared {
                 live: None,
                 next_session_id: 1,
                 records: Vec::new(),
+                statistics: Vec::new(),
                 entities: BTreeMap::new(),
                 record_file,
                 reject: None,
                 nr_rejected_uplinks: 0,
             }),
             records_tx: broadcast::channel(RECORD_BROADCAST_CAPACITY).0,
+            statistics_tx: broadcast::channel(RECORD_BROADCAST_CAPACITY).0,
             ack_paused: watch::channel(false).0,
             accepted: watch::channel(0).0,
             shutdown: watch::channel(false).0,
@@ -131,6 +139,10 @@ impl Shared {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Record> {
         self.records_tx.subscribe()
+    }
+
+    pub(crate) fn subscribe_statistics(&self) -> broadcast::Receiver<StatisticsRecord> {
+        self.statistics_tx.subscribe()
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -197,6 +209,7 @@ impl Shared {
             }
             None => {
                 self.record_uplink(msg);
+                self.record_statistics(msg);
                 uplink_response(true, String::new())
             }
         }
@@ -235,6 +248,33 @@ impl Shared {
         for record in records {
             // No subscriber is fine: records stay available through `records()`.
             let _ = self.records_tx.send(record);
+        }
+    }
+
+    /// Numbers, stores, writes and broadcasts the integration statistics of one uplink.
+    fn record_statistics(&self, msg: &UplinkMsg) {
+        let mut stats = statistics_from_uplink(msg, now_ms());
+        if stats.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        let mut lines = String::new();
+        for stat in &mut stats {
+            stat.seq = state.statistics.len() as u64 + 1;
+            if state.record_file.is_some() {
+                lines.push_str(&stat.to_json_line());
+                lines.push('\n');
+            }
+            state.statistics.push(stat.clone());
+        }
+        if let Some(file) = state.record_file.as_mut()
+            && let Err(e) = file.write_all(lines.as_bytes()).and_then(|()| file.flush())
+        {
+            tracing::error!(error = %e, "cannot append to the record file");
+        }
+        drop(state);
+        for stat in stats {
+            let _ = self.statistics_tx.send(stat);
         }
     }
 

@@ -54,6 +54,8 @@ closed_set!(Counter, "A monotonically increasing count.", [
     DownlinksInboxFull => "tcpi_downlinks_inbox_full_total", "Downlinks held again because a shard's inbox was full.";
     DownlinksConnQueueFull => "tcpi_downlinks_conn_queue_full_total", "Downlinks dropped because their live connection already had 64 downlinks waiting to be written (the device is not reading).";
     RecordsTooLarge => "tcpi_records_too_large_total", "Records larger than a batch (uplink.batch_max_bytes) or the spool can hold; never sent, kept in the dead-letter file.";
+    StatisticsSent => "tcpi_statistics_sent_total", "Integration statistics messages (messagesCount, errorsCount, state) sent to ThingsBoard; not records, never spooled.";
+    StatisticsRejected => "tcpi_statistics_rejected_total", "Statistics messages ThingsBoard answered with success=false (logged, not resent).";
 ]);
 
 closed_set!(Gauge, "A value that goes up and down.", [

@@ -8,9 +8,16 @@
 //! shards' [`ShardConfig`], and downlinks are routed to the shard that owns the device's
 //! connection (or held until the device's next uplink).
 //!
+//! It also sends the integration's statistics (contract §5.2, see [`super::statistics`]) every
+//! period and when the integration is disabled: a statistics `UplinkMsg` takes its place in the
+//! in-flight queue like a batch, so acknowledgements stay matched by order, but it carries no
+//! records and no spool sequence.
+//!
 //! Invariants: records leave the spool in order; a record is acknowledged only by the response
 //! to the batch that carried it; after a lost session every unacknowledged record is sent again
-//! (at-least-once; duplicates bounded by the in-flight window).
+//! (at-least-once; duplicates bounded by the in-flight window). Statistics are not spooled: one
+//! in flight when the session is lost is not sent again (its counts are lost; ThingsBoard's
+//! statistics are informational), and its acknowledgement never touches the spool.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,8 +30,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::session::{self, SessionConfig, SessionEvent, SessionHandle};
 use super::spool::{Spool, SpoolError, SpoolOptions, spooled_bytes};
+use super::statistics::{
+    CounterReading, LifecycleState, StatisticsPeriod, encode_statistics_uplink,
+};
 use crate::config::integration::{IntegrationConfigError, TcpIntegrationConfig};
-use crate::config::local::SocketSettings;
+use crate::config::local::{SocketSettings, StatisticsSettings};
 use crate::downlink::routing::ConnRef;
 use crate::downlink::routing::{Route, Router};
 use crate::events::{
@@ -60,6 +70,8 @@ pub struct UplinkCoreOptions {
     pub downlink_hold_for: Duration,
     /// How long shutdown waits for in-flight batches to be acknowledged.
     pub drain_timeout: Duration,
+    /// Whether and how often statistics are sent to ThingsBoard.
+    pub statistics: StatisticsSettings,
 }
 
 /// The channel ends the uplink core owns.
@@ -133,11 +145,47 @@ pub fn serving_config(
     })))
 }
 
-/// A batch on the wire, waiting for its acknowledgement.
+/// An `UplinkMsg` on the wire, waiting for its acknowledgement.
 struct InFlight {
-    last_seq: u64,
-    records: Vec<Bytes>,
+    carried: Carried,
     sent_at: Instant,
+}
+
+/// What an in-flight `UplinkMsg` carries.
+enum Carried {
+    /// Spooled records through `last_seq`: acknowledged in the spool on their response.
+    Records { last_seq: u64, records: Vec<Bytes> },
+    /// A statistics message: not spooled, nothing to acknowledge, not resent.
+    Statistics,
+}
+
+impl InFlight {
+    fn records(&self) -> &[Bytes] {
+        match &self.carried {
+            Carried::Records { records, .. } => records,
+            Carried::Statistics => &[],
+        }
+    }
+}
+
+/// How a configuration from ThingsBoard reached the core (it decides the lifecycle state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConfigSource {
+    /// In the ConnectResponseMsg of a new session: the integration (re)starts.
+    Connect,
+    /// An IntegrationUpdateMsg or ConverterUpdateMsg.
+    Update,
+}
+
+/// The lifecycle state after applying a configuration (`Ok(true)` = serving devices,
+/// `Ok(false)` = disabled, `Err` = rejected).
+fn lifecycle_after(source: ConfigSource, outcome: Result<bool, ()>) -> LifecycleState {
+    match (outcome, source) {
+        (Err(()), _) => LifecycleState::Failed,
+        (Ok(false), _) => LifecycleState::Stopped,
+        (Ok(true), ConfigSource::Connect) => LifecycleState::Started,
+        (Ok(true), ConfigSource::Update) => LifecycleState::Updated,
+    }
 }
 
 struct Core {
@@ -165,6 +213,7 @@ struct Core {
     /// acknowledgements have made room.
     append_budget_bytes: u64,
     read_scratch: Vec<(u64, Bytes)>,
+    statistics: StatisticsPeriod,
 }
 
 /// Runs the uplink core until shutdown has drained (or timed out).
@@ -184,6 +233,12 @@ pub async fn run(
     let unsent = spool.stats().nr_pending_records;
     let (session, mut session_events) = session::spawn(options.session.clone());
     let append_budget_bytes = (options.spool.max_bytes / 4).max(1);
+    let statistics = StatisticsPeriod::new(
+        options.statistics.enabled,
+        options.statistics.persist_frequency,
+        Instant::now(),
+        CounterReading::now(),
+    );
     let mut core = Core {
         router: Router::new(options.downlink_hold_max, options.downlink_hold_for),
         options,
@@ -201,6 +256,7 @@ pub async fn run(
         to_spool_read_at: None,
         append_budget_bytes,
         read_scratch: Vec::new(),
+        statistics,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,6 +313,13 @@ pub async fn run(
     Ok(())
 }
 
+/// Milliseconds since the Unix epoch (the statistics timestamp ThingsBoard stores).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
@@ -277,7 +340,7 @@ impl Core {
                 metrics::inc(Counter::SessionConnects);
                 metrics::set_gauge(Gauge::SessionConnected, 1);
                 self.connected = true;
-                self.apply_integration(integration);
+                self.apply_integration(integration, ConfigSource::Connect);
                 let stats = self.spool.stats();
                 tracing::info!(
                     pending_records = stats.nr_pending_records,
@@ -289,7 +352,9 @@ impl Core {
                 metrics::inc(Counter::SessionRejections);
                 tracing::error!(?code, "ThingsBoard refused the connection: {error_msg}");
             }
-            SessionEvent::IntegrationUpdate(integration) => self.apply_integration(integration),
+            SessionEvent::IntegrationUpdate(integration) => {
+                self.apply_integration(integration, ConfigSource::Update)
+            }
             SessionEvent::ConverterUpdate(converter) => self.apply_converter(converter),
             SessionEvent::Downlink(downlink) => {
                 metrics::inc(Counter::DownlinksReceived);
@@ -313,9 +378,15 @@ impl Core {
         }
     }
 
-    /// Forgets what was in flight; it is sent again, in order, on the next session.
+    /// Forgets what was in flight; its records are sent again, in order, on the next session
+    /// (statistics in flight are not: they were never spooled).
     fn rewind(&mut self) {
-        metrics::add(Counter::BatchesResent, self.in_flight.len() as u64);
+        let batches = self
+            .in_flight
+            .iter()
+            .filter(|f| matches!(f.carried, Carried::Records { .. }))
+            .count();
+        metrics::add(Counter::BatchesResent, batches as u64);
         self.in_flight.clear();
         self.in_flight_records = 0;
         self.spool.rewind_to_acked();
@@ -324,8 +395,12 @@ impl Core {
         metrics::set_gauge(Gauge::BatchesInFlight, 0);
     }
 
-    fn apply_integration(&mut self, integration: IntegrationConfigurationProto) {
-        match serving_config(&integration, &self.options.socket) {
+    fn apply_integration(
+        &mut self,
+        integration: IntegrationConfigurationProto,
+        source: ConfigSource,
+    ) {
+        let serving = match serving_config(&integration, &self.options.socket) {
             Ok(config) => {
                 // The contract's device→peer cache bounds (§3.1) bound the downlink routes, but
                 // never below the connection limit: a connected device's downlink is written at
@@ -339,19 +414,66 @@ impl Core {
                 if config.is_none() {
                     tracing::warn!(name = %integration.name, "the integration is disabled in ThingsBoard: not serving devices");
                 }
+                let serving = config.is_some();
                 self.shard_config.send_if_modified(|current| {
                     let changed = *current != config;
                     *current = config;
                     changed
                 });
+                Ok(serving)
             }
-            Err(e) => ConfigRejected {
-                what: "integration",
-                error: &e,
+            Err(e) => {
+                ConfigRejected {
+                    what: "integration",
+                    error: &e,
+                }
+                .emit();
+                Err(())
             }
-            .emit(),
-        }
+        };
         self.integration = Some(integration);
+        let before = self.statistics.state();
+        let after = lifecycle_after(source, serving);
+        self.statistics.set_state(after);
+        // ThingsBoard's client sends a final statistics record when the integration stops.
+        if after == LifecycleState::Stopped
+            && before != LifecycleState::Stopped
+            && before != LifecycleState::NotApplicable
+            && self.statistics.enabled()
+        {
+            self.send_statistics(Instant::now());
+        }
+    }
+
+    /// Sends the statistics of the period ending `now` and starts the next period. Counted
+    /// and queued in flight like a batch (outside the batch window: it is small, and must not
+    /// wait behind a full window of records).
+    fn send_statistics(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        let stats = self.statistics.take(now, CounterReading::now());
+        let msg = encode_statistics_uplink(&stats, wall_clock_ms());
+        if let Err(e) = self.session.send_uplink(msg) {
+            tracing::warn!(
+                "cannot send statistics: {e}; its counts are lost, waiting for the next session"
+            );
+            self.connected = false;
+            self.rewind();
+            return;
+        }
+        tracing::debug!(
+            messages_count = stats.messages_count,
+            errors_count = stats.errors_count,
+            state = stats.state.as_str(),
+            "statistics sent"
+        );
+        metrics::inc(Counter::StatisticsSent);
+        self.in_flight.push_back(InFlight {
+            carried: Carried::Statistics,
+            sent_at: now,
+        });
+        metrics::set_gauge(Gauge::BatchesInFlight, self.in_flight.len() as i64);
     }
 
     /// A converter changed: replace it in the integration it belongs to (by converter id,
@@ -371,7 +493,7 @@ impl Core {
         } else {
             integration.downlink_converter = Some(converter);
         }
-        self.apply_integration(integration);
+        self.apply_integration(integration, ConfigSource::Update);
     }
 
     fn on_shard_event(&mut self, event: ShardEvent) {
@@ -577,25 +699,35 @@ impl Core {
     }
 
     fn on_ack(&mut self, success: bool, error_msg: &str) {
-        let Some(batch) = self.in_flight.pop_front() else {
+        let Some(front) = self.in_flight.pop_front() else {
             tracing::warn!("acknowledgement with nothing in flight; ignored");
             return;
         };
-        self.in_flight_records -= batch.records.len() as u64;
         metrics::set_gauge(Gauge::BatchesInFlight, self.in_flight.len() as i64);
+        let (last_seq, records) = match front.carried {
+            Carried::Records { last_seq, records } => (last_seq, records),
+            Carried::Statistics => {
+                if !success {
+                    metrics::inc(Counter::StatisticsRejected);
+                    tracing::warn!("ThingsBoard rejected a statistics message: {error_msg}");
+                }
+                return;
+            }
+        };
+        self.in_flight_records -= records.len() as u64;
         if !success {
             BatchRejected {
-                records: batch.records.len(),
+                records: records.len(),
                 error_msg,
             }
             .emit();
-            let slices: Vec<&[u8]> = batch.records.iter().map(|r| r.as_ref()).collect();
+            let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
             if let Err(e) = self.spool.dead_letter(&slices, error_msg) {
                 tracing::error!("cannot write the dead-letter file: {e}");
             }
         }
-        metrics::add(Counter::RecordsAcked, batch.records.len() as u64);
-        if let Err(e) = self.spool.ack_through(batch.last_seq) {
+        metrics::add(Counter::RecordsAcked, records.len() as u64);
+        if let Err(e) = self.spool.ack_through(last_seq) {
             tracing::error!("cannot record the acknowledgement in the spool: {e}");
         }
     }
@@ -617,7 +749,7 @@ impl Core {
             let waited = now.duration_since(front.sent_at);
             if waited >= self.options.ack_timeout {
                 AckTimedOut {
-                    records: front.records.len(),
+                    records: front.records().len(),
                     waited_ms: waited.as_millis(),
                 }
                 .emit();
@@ -628,6 +760,9 @@ impl Core {
                 metrics::set_gauge(Gauge::SessionConnected, 0);
                 self.rewind();
             }
+        }
+        if self.statistics.is_due(self.connected, now) {
+            self.send_statistics(now);
         }
         self.flush_to_spool();
         let stats = self.spool.stats();
@@ -700,8 +835,10 @@ impl Core {
             let count = self.read_scratch.len() as u64;
             metrics::inc(Counter::BatchesSent);
             self.in_flight.push_back(InFlight {
-                last_seq,
-                records: self.read_scratch.drain(..).map(|(_, r)| r).collect(),
+                carried: Carried::Records {
+                    last_seq,
+                    records: self.read_scratch.drain(..).map(|(_, r)| r).collect(),
+                },
                 sent_at: Instant::now(),
             });
             self.in_flight_records += count;
@@ -709,5 +846,21 @@ impl Core {
             self.unsent_since = (self.unsent > 0).then(Instant::now);
             metrics::set_gauge(Gauge::BatchesInFlight, self.in_flight.len() as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_state_follows_how_and_whether_a_configuration_applied() {
+        use ConfigSource::{Connect, Update};
+        assert_eq!(lifecycle_after(Connect, Ok(true)), LifecycleState::Started);
+        assert_eq!(lifecycle_after(Update, Ok(true)), LifecycleState::Updated);
+        assert_eq!(lifecycle_after(Connect, Ok(false)), LifecycleState::Stopped);
+        assert_eq!(lifecycle_after(Update, Ok(false)), LifecycleState::Stopped);
+        assert_eq!(lifecycle_after(Connect, Err(())), LifecycleState::Failed);
+        assert_eq!(lifecycle_after(Update, Err(())), LifecycleState::Failed);
     }
 }

@@ -3,3 +3,4 @@
 pub mod core;
 pub mod session;
 pub mod spool;
+pub mod statistics;
