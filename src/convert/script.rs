@@ -634,7 +634,7 @@ fn build_runtime(
     let engine = |e: rquickjs::Error| ConvertError::Engine {
         message: format!("cannot create the JavaScript runtime: {e}"),
     };
-    let runtime = Runtime::new().map_err(engine)?;
+    let runtime = Runtime::new_with_alloc(rquickjs::allocator::RustAllocator).map_err(engine)?;
     runtime.set_memory_limit(limits.memory_limit_bytes);
     runtime.set_max_stack_size(limits.stack_limit_bytes);
     let watch = Rc::clone(deadline);
