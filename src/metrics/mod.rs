@@ -63,7 +63,7 @@ closed_set!(Gauge, "A value that goes up and down.", [
     SpoolBytes => "tcpi_spool_bytes", "Bytes in the uplink spool.";
     SpoolPendingRecords => "tcpi_spool_pending_records", "Records in the spool not yet acknowledged.";
     SpoolOldestPendingAgeMs => "tcpi_spool_oldest_pending_age_ms", "Age of the oldest unacknowledged record.";
-    BatchesInFlight => "tcpi_batches_in_flight", "Batches sent and not yet acknowledged.";
+    BatchesInFlight => "tcpi_batches_in_flight", "UplinkMsgs sent and not yet acknowledged (record batches and statistics messages).";
     SessionConnected => "tcpi_session_connected", "1 while the ThingsBoard session is established.";
     DownlinksHeldNow => "tcpi_downlinks_held", "Downlinks held now.";
 ]);
