@@ -1,9 +1,9 @@
 //! Shutdown while ThingsBoard takes nothing: acknowledgements paused and the spool full, so the
 //! uplink core stops taking records, the shard's outbox flusher waits on the full channel and
-//! the device's writes block. `Server::shutdown` must still return: the shard's wait for its
-//! flusher ends when the uplink core gives up at its drain deadline and drops the channel.
-//! The wait is a liveness bound (PATIENCE), not a speed assertion. Its own binary: it reads
-//! process-wide counters and gauges.
+//! the device's writes block. `Server::shutdown` must still return, and every record the shard
+//! had read and converted must be on disk afterwards: at shutdown the spool takes them beyond
+//! its bound rather than lose them. The wait is a liveness bound (PATIENCE), not a speed
+//! assertion. Its own binary: it reads process-wide counters and gauges.
 
 mod common;
 
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tcp_integration::metrics::{self, Counter, Gauge};
 use tcp_integration::uplink::spool::segment::SEGMENT_HEADER_BYTES;
+use tcp_integration::uplink::spool::{Spool, SpoolOptions};
 
 const SPOOL_MAX_BYTES: i64 = 65536;
 /// A spool that refused an append chunk (a quarter of max_bytes) holds more than this.
@@ -93,7 +94,39 @@ fn shutdown_returns_while_the_uplink_core_takes_nothing() {
         .recv_timeout(PATIENCE)
         .expect("Server::shutdown did not return while the uplink core took nothing");
     result.expect("shutdown failed");
-    // Nothing was appended after the spool filled: the records still in the shard were not
-    // spooled behind the full spool's back.
-    assert_eq!(metrics::get(Counter::RecordsSpooled), spooled);
+    // The records still in the shard (its outbox, the channel) were spooled at shutdown, past
+    // the bound, instead of being dropped with the process.
+    let converted = metrics::get(Counter::RecordsConverted);
+    let spooled_at_exit = metrics::get(Counter::RecordsSpooled);
+    assert!(
+        spooled_at_exit > spooled,
+        "nothing held in the shard at shutdown ({spooled} spooled of {converted} converted)"
+    );
+    assert_eq!(
+        spooled_at_exit, converted,
+        "every record read from the device is on disk"
+    );
+    assert_eq!(metrics::get(Counter::RecordsAcked), 0);
+    // On disk, in order, ready for the next start: reopen the spool and read every record back.
+    let (mut spool, report) =
+        Spool::open(SpoolOptions::new(h.spool.path())).expect("spool reopens");
+    assert_eq!(report.nr_pending_records, converted);
+    let mut device_records = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        spool.read_next(1000, usize::MAX, &mut batch).expect("read");
+        if batch.is_empty() {
+            break;
+        }
+        for (_, record) in &batch {
+            let text = String::from_utf8_lossy(record);
+            device_records.push(text.contains("SN-SD"));
+        }
+    }
+    assert_eq!(device_records.len() as u64, converted);
+    assert!(
+        device_records.iter().all(|&named| named),
+        "every record is the device's"
+    );
 }

@@ -179,3 +179,20 @@ fn batch_that_can_never_fit_is_refused_under_both_policies() {
         assert_eq!(read_all(&mut spool), expected(1..=5));
     }
 }
+
+#[test]
+fn allowed_overflow_takes_what_a_full_spool_refused_and_drops_nothing() {
+    for policy in [FullPolicy::Backpressure, FullPolicy::DropOldest] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut spool, _) = Spool::open(options(dir.path(), policy)).expect("open");
+        append_five(&mut spool, 1).expect("append 1");
+        append_five(&mut spool, 6).expect("append 2");
+        // Shutting down: the third batch exceeds max_bytes, and is neither refused nor makes
+        // room by dropping the oldest.
+        spool.allow_overflow();
+        let outcome = append_five(&mut spool, 11).expect("append past the bound");
+        assert_eq!(outcome.nr_dropped_records, 0, "{policy:?}");
+        assert!(spool.stats().disk_bytes > MAX_BYTES, "{policy:?}");
+        assert_eq!(read_all(&mut spool), expected(1..=15), "{policy:?}");
+    }
+}

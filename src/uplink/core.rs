@@ -290,6 +290,10 @@ pub async fn run(
             _ = shutdown.wait_for(|stop| *stop), if draining_since.is_none() => {
                 tracing::info!(in_flight = core.in_flight.len(), unsent = core.unsent, "shutting down: draining uplinks");
                 draining_since = Some(Instant::now());
+                // What the shards already read must reach the disk even if the spool is full
+                // (ThingsBoard stalled): exceed its bound rather than lose readings at exit.
+                core.spool.allow_overflow();
+                core.flush_to_spool();
             }
         }
         core.pump(draining_since.is_some());
@@ -306,6 +310,14 @@ pub async fn run(
                 break;
             }
         }
+    }
+    let disk_bytes = core.spool.stats().disk_bytes;
+    if disk_bytes > core.options.spool.max_bytes {
+        tracing::warn!(
+            disk_bytes,
+            max_bytes = core.options.spool.max_bytes,
+            "the spool exceeds its bound after shutdown: records the devices had sent were kept rather than lost; they are sent at the next start"
+        );
     }
     if let Err(e) = core.spool.sync() {
         tracing::error!("cannot sync the spool at shutdown: {e}");

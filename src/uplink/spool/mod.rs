@@ -65,6 +65,10 @@
 //!   [`SpoolStats`]) and logged with `tracing::warn!`. Dropping is per segment, so keep
 //!   `segment_bytes` well below `max_bytes` (`open` rejects `segment_bytes > max_bytes`).
 //!
+//! After [`Spool::allow_overflow`] (the process is shutting down) appends ignore `max_bytes`:
+//! the records the shards had already read from devices are kept on disk rather than lost at
+//! exit. The overflow is bounded by what the shards hold (their outboxes and channel).
+//!
 //! # Errors
 //! An I/O error from `append_batch` leaves the spool consistent (a partial write is truncated
 //! away) unless even that truncation fails, after which every append returns
@@ -315,6 +319,8 @@ pub struct Spool {
     nr_full_rejections: u64,
     nr_dead_letter_records: u64,
     poisoned: bool,
+    /// Shutting down: appends ignore `max_bytes` (see the module header).
+    overflow_allowed: bool,
 }
 
 fn now_ms() -> u64 {
@@ -451,6 +457,7 @@ impl Spool {
             nr_full_rejections: 0,
             nr_dead_letter_records: 0,
             poisoned: false,
+            overflow_allowed: false,
         };
         spool.nr_replay_total_records = spool.count_records(first_unacked_seq, next_seq);
         // Persist the recovered position (and the seq floor) so a second crash starts from here.
@@ -500,7 +507,7 @@ impl Spool {
         if self.disk_bytes + need_bytes > max_bytes {
             self.reclaim_if_all_acked()?;
         }
-        if self.disk_bytes + need_bytes > max_bytes {
+        if self.disk_bytes + need_bytes > max_bytes && !self.overflow_allowed {
             match self.options.full_policy {
                 FullPolicy::Backpressure => {
                     self.nr_full_rejections += 1;
@@ -689,6 +696,12 @@ impl Spool {
 
     /// Periodic duties: the interval fsync and persisting a pending ack position. Call it about
     /// every `interval` / `ack_persist_interval`.
+    /// From now on appends ignore `max_bytes` (neither refused nor dropping the oldest): for the
+    /// shutdown drain, so that what the shards already read reaches the disk.
+    pub fn allow_overflow(&mut self) {
+        self.overflow_allowed = true;
+    }
+
     pub fn tick(&mut self) -> Result<(), SpoolError> {
         if let FsyncPolicy::Interval(interval) = self.options.fsync
             && self.last_sync.elapsed() >= interval
