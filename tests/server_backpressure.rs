@@ -4,22 +4,14 @@
 
 mod common;
 
-use std::io::{ErrorKind, Write};
-use std::time::{Duration, Instant};
+use std::io::Write;
 
 use common::*;
 use tcp_integration::edge_sim::TypedValue;
 use tcp_integration::metrics::{self, Counter, Gauge};
-use tcp_integration::uplink::spool::segment::SEGMENT_HEADER_BYTES;
 
 /// `TCPI_SPOOL_MAX_BYTES` of this test.
 const SPOOL_MAX_BYTES: i64 = 65536;
-/// The uplink core appends in chunks of at most a quarter of max_bytes (or one record), each
-/// counted with a segment header: a spool that refused a chunk holds more than this.
-const FULL_SPOOL_BYTES: i64 = SPOOL_MAX_BYTES - SPOOL_MAX_BYTES / 4 - SEGMENT_HEADER_BYTES as i64;
-/// Consecutive polls (25 ms apart) with writes blocked and the spool full and unchanged.
-const STABLE_POLLS: u32 = 12;
-
 #[test]
 fn paused_edge_blocks_devices_then_everything_arrives() {
     let port = reserve_port();
@@ -42,54 +34,9 @@ fn paused_edge_blocks_devices_then_everything_arrives() {
         .set_send_buffer_size(16 * 1024)
         .unwrap();
     device.set_nonblocking(true).unwrap();
-    // Write frames until the server has provably stopped reading: the device's writes fail
-    // with WouldBlock while the spool is full — the uplink core appends nothing
-    // (`RecordsSpooled` and the spool gauge stay put) and the spool has no room for even one
-    // append chunk — across STABLE_POLLS consecutive polls. Any accepted byte or any append
-    // starts the count again.
-    let mut sent = 0usize;
-    let mut pending = Vec::new();
-    let mut stable_polls = 0;
-    let mut last_state = (u64::MAX, i64::MIN);
-    let deadline = Instant::now() + PATIENCE * 2;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "device writes never blocked on a full spool (sent {sent} frames, spooled {}, \
-             spool {} bytes)",
-            metrics::get(Counter::RecordsSpooled),
-            metrics::gauge(Gauge::SpoolBytes)
-        );
-        if pending.is_empty() {
-            pending = format!("SN-BP,default,seq,{sent}\n").into_bytes();
-            sent += 1;
-        }
-        match device.write(&pending) {
-            Ok(n) => {
-                pending.drain(..n);
-                stable_polls = 0;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let state = (
-                    metrics::get(Counter::RecordsSpooled),
-                    metrics::gauge(Gauge::SpoolBytes),
-                );
-                let full = state.1 > FULL_SPOOL_BYTES;
-                stable_polls = if full && state == last_state {
-                    stable_polls + 1
-                } else {
-                    0
-                };
-                last_state = state;
-                if stable_polls == STABLE_POLLS {
-                    break;
-                }
-                // Spaced so that the polls span several of the uplink core's gauge updates.
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            Err(e) => panic!("write failed: {e}"),
-        }
-    }
+    // Write frames until the server has provably stopped reading (see the helper).
+    let BlockedWrites { sent, pending } =
+        write_until_spool_blocks(&mut device, "SN-BP", SPOOL_MAX_BYTES);
     // `append_batch` refuses any append that would take the segment files past max_bytes.
     let spool_bytes = metrics::gauge(Gauge::SpoolBytes);
     assert!(

@@ -39,20 +39,6 @@ fn wait_peekable(stream: &TcpStream) {
     );
 }
 
-/// Runs `Server::shutdown` on its own thread and panics if it has not returned within
-/// PATIENCE (before the fix it never returned).
-fn shutdown_within_patience(h: &mut Harness) {
-    let server = h.server.take().expect("server running");
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(server.shutdown().map_err(|e| e.to_string()));
-    });
-    let result = done_rx
-        .recv_timeout(PATIENCE)
-        .expect("Server::shutdown did not return");
-    result.expect("shutdown failed");
-}
-
 /// The downlink the device gets for `{"blob": blob}` with the example's JSON.stringify encoder.
 fn blob_downlink(blob: &str) -> Vec<u8> {
     format!("{{\"blob\":\"{blob}\"}}\n").into_bytes()
@@ -77,7 +63,7 @@ fn device_that_never_reads_downlinks_does_not_block_shutdown() {
     // nothing, so the connection task is stuck in it now.
     wait_peekable(&device);
 
-    shutdown_within_patience(&mut h);
+    h.shutdown_within_patience();
 
     // The device sees the close: what it can still read is a strict prefix of the first
     // downlink, then EOF.
@@ -165,7 +151,7 @@ fn flooding_device_still_gets_its_downlink_and_shutdown_closes_it() {
     let bytes = read_exact_within(&mut device, firmware.len() + 1);
     assert_eq!(bytes, [&firmware[..], b"\n"].concat());
 
-    shutdown_within_patience(&mut h);
+    h.shutdown_within_patience();
     // The server closed the connection while the device kept sending.
     device.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut rest = Vec::new();

@@ -7,20 +7,11 @@
 
 mod common;
 
-use std::io::{ErrorKind, Write};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
 use common::*;
-use tcp_integration::metrics::{self, Counter, Gauge};
-use tcp_integration::uplink::spool::segment::SEGMENT_HEADER_BYTES;
+use tcp_integration::metrics::{self, Counter};
 use tcp_integration::uplink::spool::{Spool, SpoolOptions};
 
 const SPOOL_MAX_BYTES: i64 = 65536;
-/// A spool that refused an append chunk (a quarter of max_bytes) holds more than this.
-const FULL_SPOOL_BYTES: i64 = SPOOL_MAX_BYTES - SPOOL_MAX_BYTES / 4 - SEGMENT_HEADER_BYTES as i64;
-/// Consecutive polls (25 ms apart) with writes blocked and the spool full and unchanged.
-const STABLE_POLLS: u32 = 12;
 
 #[test]
 fn shutdown_returns_while_the_uplink_core_takes_nothing() {
@@ -42,58 +33,15 @@ fn shutdown_returns_while_the_uplink_core_takes_nothing() {
         .set_send_buffer_size(16 * 1024)
         .unwrap();
     device.set_nonblocking(true).unwrap();
-    // Write until the server provably stopped reading (see server_backpressure.rs).
-    let mut sent = 0usize;
-    let mut pending = Vec::new();
-    let mut stable_polls = 0;
-    let mut last_state = (u64::MAX, i64::MIN);
-    let deadline = Instant::now() + PATIENCE * 2;
-    loop {
-        assert!(Instant::now() < deadline, "device writes never blocked");
-        if pending.is_empty() {
-            pending = format!("SN-SD,default,seq,{sent}\n").into_bytes();
-            sent += 1;
-        }
-        match device.write(&pending) {
-            Ok(n) => {
-                pending.drain(..n);
-                stable_polls = 0;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let state = (
-                    metrics::get(Counter::RecordsSpooled),
-                    metrics::gauge(Gauge::SpoolBytes),
-                );
-                let full = state.1 > FULL_SPOOL_BYTES;
-                stable_polls = if full && state == last_state {
-                    stable_polls + 1
-                } else {
-                    0
-                };
-                last_state = state;
-                if stable_polls == STABLE_POLLS {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            Err(e) => panic!("write failed: {e}"),
-        }
-    }
+    // Write until the server provably stopped reading.
+    let sent = write_until_spool_blocks(&mut device, "SN-SD", SPOOL_MAX_BYTES).sent;
     let spooled = metrics::get(Counter::RecordsSpooled);
     assert!(
         (spooled as usize) < sent,
         "{spooled} of {sent}: not blocked"
     );
 
-    let server = h.server.take().expect("server running");
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(server.shutdown().map_err(|e| e.to_string()));
-    });
-    let result = done_rx
-        .recv_timeout(PATIENCE)
-        .expect("Server::shutdown did not return while the uplink core took nothing");
-    result.expect("shutdown failed");
+    h.shutdown_within_patience();
     // The records still in the shard (its outbox, the channel) were spooled at shutdown, past
     // the bound, instead of being dropped with the process.
     let converted = metrics::get(Counter::RecordsConverted);

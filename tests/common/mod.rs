@@ -67,6 +67,20 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Runs `Server::shutdown` on its own thread and panics unless it returns, successfully,
+    /// within PATIENCE (a liveness bound, not a speed assertion).
+    pub fn shutdown_within_patience(&mut self) {
+        let server = self.server.take().expect("server running");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(server.shutdown().map_err(|e| e.to_string()));
+        });
+        let result = done_rx
+            .recv_timeout(PATIENCE)
+            .expect("Server::shutdown did not return within PATIENCE");
+        result.expect("shutdown failed");
+    }
+
     /// Starts edge-sim with `definition` and the server against it (with extra `TCPI_*`
     /// settings), and waits until the server serves devices.
     pub fn start(
@@ -258,5 +272,74 @@ pub fn wait_closed_by_server(stream: &mut TcpStream) {
         ),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         Err(e) => panic!("the server never closed the connection: {e}"),
+    }
+}
+
+/// Frames written by [`write_until_spool_blocks`].
+pub struct BlockedWrites {
+    /// Frames started (the last one possibly only in part).
+    pub sent: usize,
+    /// The unwritten rest of the last frame.
+    pub pending: Vec<u8>,
+}
+
+/// Writes `<device>,default,seq,<n>` TEXT frames on the non-blocking `device` until the server
+/// has provably stopped reading: the writes fail with WouldBlock while the spool (of
+/// `spool_max_bytes`) is full and the uplink core appends nothing (`RecordsSpooled` and the
+/// spool gauge stay put) across 12 consecutive polls 25 ms apart. Any accepted byte or append
+/// starts the count again. Panics after 2 × PATIENCE.
+pub fn write_until_spool_blocks(
+    device: &mut TcpStream,
+    device_name: &str,
+    spool_max_bytes: i64,
+) -> BlockedWrites {
+    use tcp_integration::metrics::{self, Counter, Gauge};
+    use tcp_integration::uplink::spool::segment::SEGMENT_HEADER_BYTES;
+    // The uplink core appends in chunks of at most a quarter of max_bytes (or one record), each
+    // counted with a segment header: a spool that refused a chunk holds more than this.
+    let full_spool_bytes = spool_max_bytes - spool_max_bytes / 4 - SEGMENT_HEADER_BYTES as i64;
+    const STABLE_POLLS: u32 = 12;
+    let mut sent = 0usize;
+    let mut pending = Vec::new();
+    let mut stable_polls = 0;
+    let mut last_state = (u64::MAX, i64::MIN);
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "device writes never blocked on a full spool (sent {sent} frames, spooled {}, \
+             spool {} bytes)",
+            metrics::get(Counter::RecordsSpooled),
+            metrics::gauge(Gauge::SpoolBytes)
+        );
+        if pending.is_empty() {
+            pending = format!("{device_name},default,seq,{sent}\n").into_bytes();
+            sent += 1;
+        }
+        match device.write(&pending) {
+            Ok(n) => {
+                pending.drain(..n);
+                stable_polls = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let state = (
+                    metrics::get(Counter::RecordsSpooled),
+                    metrics::gauge(Gauge::SpoolBytes),
+                );
+                let full = state.1 > full_spool_bytes;
+                stable_polls = if full && state == last_state {
+                    stable_polls + 1
+                } else {
+                    0
+                };
+                last_state = state;
+                if stable_polls == STABLE_POLLS {
+                    return BlockedWrites { sent, pending };
+                }
+                // Spaced so that the polls span several of the uplink core's gauge updates.
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
     }
 }
