@@ -136,11 +136,14 @@ impl<T> Router<T> {
     /// Records that `device`'s uplink arrived on `conn` at `now`, leaving what is held for it
     /// held (the caller cannot deliver it now).
     pub fn note_uplink(&mut self, device: &str, conn: ConnRef, now: Instant) {
-        self.write_route(device, conn, now);
+        if !self.closed.contains(&conn) {
+            self.write_route(device, conn, now);
+        }
     }
 
+    /// Callers check `closed` first (one lookup per record on the uplink core).
     fn write_route(&mut self, device: &str, conn: ConnRef, now: Instant) {
-        if self.max_routes == 0 || self.closed.contains(&conn) {
+        if self.max_routes == 0 {
             return;
         }
         let stamp = self.next_stamp;

@@ -69,6 +69,16 @@ pub(crate) struct SimState {
     pub(crate) nr_rejected_uplinks: u64,
 }
 
+/// Appends JSON lines (records or statistics) to the record file, if there is one; a failed
+/// write is logged, the emulator keeps serving.
+fn append_record_lines(state: &mut SimState, lines: &str) {
+    if let Some(file) = state.record_file.as_mut()
+        && let Err(e) = file.write_all(lines.as_bytes()).and_then(|()| file.flush())
+    {
+        tracing::error!(error = %e, "cannot append to the record file");
+    }
+}
+
 /// Errors the emulator's control surface reports to its caller.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeSimError {
@@ -239,11 +249,7 @@ impl Shared {
             }
             state.records.push(record.clone());
         }
-        if let Some(file) = state.record_file.as_mut()
-            && let Err(e) = file.write_all(lines.as_bytes()).and_then(|()| file.flush())
-        {
-            tracing::error!(error = %e, "cannot append to the record file");
-        }
+        append_record_lines(&mut state, &lines);
         drop(state);
         for record in records {
             // No subscriber is fine: records stay available through `records()`.
@@ -267,11 +273,7 @@ impl Shared {
             }
             state.statistics.push(stat.clone());
         }
-        if let Some(file) = state.record_file.as_mut()
-            && let Err(e) = file.write_all(lines.as_bytes()).and_then(|()| file.flush())
-        {
-            tracing::error!(error = %e, "cannot append to the record file");
-        }
+        append_record_lines(&mut state, &lines);
         drop(state);
         for stat in stats {
             let _ = self.statistics_tx.send(stat);

@@ -565,8 +565,8 @@ impl Core {
     fn on_records(&mut self, batches: Vec<RecordBatch>) {
         for batch in batches {
             let conn = batch.conn;
-            // Never later than now: a clock that went backwards must not hold a batch back.
-            let read_at = batch.read_at.min(Instant::now());
+            // `Instant` is monotonic across threads: a shard's read time is never in our future.
+            let read_at = batch.read_at;
             self.to_spool_read_at = Some(self.to_spool_read_at.map_or(read_at, |t| t.min(read_at)));
             self.to_spool
                 .extend(batch.records.into_iter().map(|record| (conn, record)));
