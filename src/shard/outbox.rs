@@ -173,7 +173,7 @@ impl Outbox {
                 }
             })
             .await;
-            if self.nr_records.get() == 0 && self.batches.borrow().is_empty() {
+            if self.batches.borrow().is_empty() {
                 // Closed and nothing left.
                 return;
             }
@@ -236,6 +236,12 @@ mod tests {
         }
     }
 
+    /// The outbox's flusher as its own task, sending to `tx`.
+    fn spawn_flusher(outbox: &Rc<Outbox>, tx: mpsc::Sender<RecordBatch>) -> glommio::Task<()> {
+        let outbox = outbox.clone();
+        glommio::spawn_local(async move { outbox.run_flusher(tx).await })
+    }
+
     fn names(batches: &[RecordBatch]) -> Vec<String> {
         batches
             .iter()
@@ -261,10 +267,7 @@ mod tests {
                 max_records: 100,
             }));
             let (tx, mut rx) = mpsc::channel(16);
-            let flusher = glommio::spawn_local({
-                let outbox = outbox.clone();
-                async move { outbox.run_flusher(tx).await }
-            });
+            let flusher = spawn_flusher(&outbox, tx);
             outbox.push(batch(1, &["a", "b"])).await.expect("room");
             outbox.push(batch(2, &["c"])).await.expect("room");
             let first = rx.recv().await.expect("flushed");
@@ -289,10 +292,7 @@ mod tests {
                 max_records: 1000,
             }));
             let (tx, mut rx) = mpsc::channel(16);
-            let flusher = glommio::spawn_local({
-                let outbox = outbox.clone();
-                async move { outbox.run_flusher(tx).await }
-            });
+            let flusher = spawn_flusher(&outbox, tx);
             outbox.push(batch(7, &["x"])).await.expect("room");
             glommio::yield_if_needed().await;
             outbox.close();
@@ -313,11 +313,7 @@ mod tests {
                 max_records: 1000,
             }));
             let (tx, mut rx) = mpsc::channel(16);
-            let _flusher = glommio::spawn_local({
-                let outbox = outbox.clone();
-                async move { outbox.run_flusher(tx).await }
-            })
-            .detach();
+            let _flusher = spawn_flusher(&outbox, tx).detach();
             outbox.push(batch(3, &["lone"])).await.expect("room");
             let got = rx
                 .recv()
@@ -337,11 +333,7 @@ mod tests {
             }));
             // A channel of one message that nobody reads yet: the flusher blocks on the second.
             let (tx, mut rx) = mpsc::channel(1);
-            let _flusher = glommio::spawn_local({
-                let outbox = outbox.clone();
-                async move { outbox.run_flusher(tx).await }
-            })
-            .detach();
+            let _flusher = spawn_flusher(&outbox, tx).detach();
             let pushed = Rc::new(Cell::new(0usize));
             let producer = glommio::spawn_local({
                 let outbox = outbox.clone();
@@ -399,11 +391,7 @@ mod tests {
             }
             assert_eq!(outbox.nr_waiting_for_room(), 1);
             let (tx, mut rx) = mpsc::channel(16);
-            let _flusher = glommio::spawn_local({
-                let outbox = outbox.clone();
-                async move { outbox.run_flusher(tx).await }
-            })
-            .detach();
+            let _flusher = spawn_flusher(&outbox, tx).detach();
             assert_eq!(push.await, Ok(()), "the flush made room and woke the push");
             assert_eq!(names(&[rx.recv().await.expect("flushed")]), ["a"]);
             assert_eq!(outbox.nr_waiting_for_room(), 0);
@@ -420,10 +408,7 @@ mod tests {
             }));
             let (tx, rx) = mpsc::channel(1);
             drop(rx);
-            let flusher = glommio::spawn_local({
-                let outbox = outbox.clone();
-                async move { outbox.run_flusher(tx).await }
-            });
+            let flusher = spawn_flusher(&outbox, tx);
             let _ = outbox.push(batch(1, &["a"])).await;
             flusher.await;
             assert_eq!(outbox.push(batch(2, &["b"])).await, Err(UplinkGone));
