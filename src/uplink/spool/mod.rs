@@ -637,7 +637,12 @@ impl Spool {
             let budget = if nr_read == 0 {
                 usize::MAX
             } else {
-                max_bytes.saturating_sub(nr_bytes)
+                // Past the budget already (a first record may exceed it): not even an empty
+                // record more, as on the memory-tail path.
+                match max_bytes.checked_sub(nr_bytes) {
+                    Some(budget) => budget,
+                    None => break,
+                }
             };
             match self.read_disk_record(budget)? {
                 DiskStep::Record(seq, payload) => {
